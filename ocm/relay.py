@@ -1,0 +1,158 @@
+"""
+The room relay: the UDP side of SPEC section 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from ocm import wire
+from ocm.rooms import Address, Member, Rooms, Sends, normalise_ip
+from ocm.sending import is_overload, send_all, sendto_of
+
+log = Logger()
+
+# Listen larger than the largest legal datagram so that an oversize one
+# arrives longer than 4096 bytes (and is dropped) instead of being cut to a
+# legal-looking 4096 by recvfrom.
+LISTEN_SIZE = wire.MAX_DATAGRAM + 1024
+
+
+class RelayProtocol(DatagramProtocol):
+    """
+    Validates chat datagrams against the rooms and fans them out.
+
+    Everything that fails a check is dropped without a reply and counted in
+    C{rooms.stats.dropped}.
+    """
+
+    def __init__(self, rooms: Rooms, clock: IReactorTime) -> None:
+        self.rooms = rooms
+        self.stats = rooms.stats
+        self.clock = clock
+        self._sendto: Any = None
+
+    def startProtocol(self) -> None:
+        """Pick the send path once the port exists."""
+        self._sendto = sendto_of(self.transport)
+
+    def send_all(self, sends: Sends) -> None:
+        """Write notices returned by the rooms service."""
+        if sends and self._sendto is not None:
+            send_all(self._sendto, sends, self.stats)
+
+    def datagramReceived(self, data: bytes, addr: Address) -> None:  # noqa: C901
+        """Check one datagram (SPEC section 2) and act on it."""
+        stats = self.stats
+        stats.received += 1
+        size = len(data)
+        if size > wire.MAX_DATAGRAM:
+            stats.drop("oversize")
+            return
+        if size < 2:
+            stats.drop("malformed")
+            return
+        r = data[0]
+        start = 2 + r + data[1]
+        if size < start:
+            stats.drop("malformed")
+            return
+        member = self.rooms.tokens.get(data[2 + r : start])
+        if member is None:
+            stats.drop("unknown_token")
+            return
+        room = member.room
+        if data[2 : 2 + r] != room.name_bytes:
+            stats.drop("wrong_room")
+            return
+        now = self.clock.seconds()
+        bound_now = False
+        if member.addr != addr:
+            if normalise_ip(addr[0]) != member.ip:
+                stats.drop("wrong_ip")
+                return
+            if member.addr is not None:
+                stats.drop("wrong_port")
+                return
+            self.send_all(self.rooms.bind(member, addr, now))
+            bound_now = True
+        member.last_seen = now
+        member.failures = 0
+        message = data[start:]
+        if not message:
+            return  # keepalive
+        if message[0] == wire.CONTROL:
+            self._control(member, message, bound_now)
+            return
+        try:
+            message.decode("utf-8")
+        except UnicodeDecodeError:
+            stats.drop("bad_utf8")
+            return
+        if not self.rooms.allow_message(member, now):
+            stats.drop("rate_limited")
+            self.send_all(self.rooms.rate_limited_notice(member, now))
+            return
+        out = member.prefix + message
+        if len(out) > wire.MAX_RELAYED:
+            stats.drop("too_long")
+            self.send_all([(wire.encode_notice("error", code="too_long"), addr)])
+            return
+        self._fan_out(member, out)
+
+    def _fan_out(self, sender: Member, out: bytes) -> None:
+        """
+        Write C{out} to every bound member of the sender's room but the
+        sender.  This is the hot path: one C{sendto} per recipient and no
+        other work; a failure is set aside and dealt with after the loop,
+        so it never stops the rest of the room.
+        """
+        sendto = self._sendto
+        failed = None
+        sent = 0
+        for other in sender.room.bound:
+            if other is not sender:
+                try:
+                    sendto(out, other.addr)
+                    sent += 1
+                except Exception as e:
+                    if failed is None:
+                        failed = []
+                    failed.append((other, e))
+        self.stats.relayed += sent
+        if failed is not None:
+            self._delivery_failed(failed)
+
+    def _delivery_failed(self, failed: list[tuple[Member, Exception]]) -> None:
+        sends: Sends = []
+        for member, error in failed:
+            if is_overload(error):
+                self.stats.send_overload += 1
+                continue
+            self.stats.send_errors += 1
+            log.debug("delivery to {user} failed: {error}", user=member.name, error=error)
+            sends.extend(self.rooms.delivery_failed(member))
+        self.send_all(sends)
+
+    def _control(self, member: Member, message: bytes, bound_now: bool) -> None:
+        if message == wire.HELLO:
+            if not bound_now:  # binding already sent the welcome
+                self.send_all([(self.rooms.welcome(member), member.addr)])  # type: ignore[list-item]
+        elif message == wire.LEAVE:
+            self.send_all(self.rooms.remove(member, "left"))
+        elif message == wire.WHO:
+            self.send_all(self.rooms.who(member))
+        else:
+            self.stats.drop("bad_control")
+
+    def sweep(self) -> None:
+        """Remove idle members and expired tokens (run by a timer)."""
+        self.send_all(self.rooms.expire(self.clock.seconds()))
+
+    def shutdown(self) -> None:
+        """Tell every bound member the server is stopping; close every room."""
+        self.send_all(self.rooms.shutdown())

@@ -1,0 +1,363 @@
+"""
+The rooms service: rooms, members and tokens, in memory.
+
+Pure state: no I/O.  Methods that depend on time take C{now}; methods that
+must tell members something return the datagrams to send as a list of
+C{(data, address)} pairs for the caller to write.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+from ocm import wire
+from ocm.passwords import PasswordHash
+from ocm.stats import Stats
+
+Address = tuple[str, int]
+Sends = list[tuple[bytes, Address]]
+
+log = Logger()
+
+# Consecutive failed deliveries after which a member is removed as unreachable.
+MAX_SEND_FAILURES = 5
+
+
+class RoomError(Exception):
+    """A refused request, with the TCRP status that answers it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def normalise_ip(host: str) -> str:
+    """
+    The one form in which addresses are compared: IPv4-mapped IPv6
+    addresses become plain IPv4, IPv6 addresses are compressed.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def new_token() -> bytes:
+    """32 hex characters from the CSPRNG."""
+    return secrets.token_hex(16).encode("ascii")
+
+
+class Member:
+    """One member of one room, known by its token."""
+
+    __slots__ = ("name", "name_bytes", "prefix", "token", "room", "ip", "addr", "last_seen", "failures", "is_host", "allowance", "allowance_at", "limited_at")
+
+    def __init__(self, name: str, token: bytes, room: Room, ip: str, now: float, is_host: bool) -> None:
+        self.name = name
+        self.name_bytes = name.encode("utf-8")
+        #: C{UserNameSize | UserName}, prepended to every message it sends.
+        self.prefix = wire.sender_prefix(self.name_bytes)
+        self.token = token
+        self.room = room
+        #: The normalised IP the token was issued to.
+        self.ip = ip
+        #: The (IP, port) the token is bound to; None until the first datagram.
+        self.addr: Address | None = None
+        self.last_seen = now
+        self.failures = 0
+        self.is_host = is_host
+        # Message rate limit (a token bucket): see L{Rooms.allow_message}.
+        self.allowance = 0.0
+        self.allowance_at = now
+        self.limited_at = -1e18
+
+    def __repr__(self) -> str:
+        return f"<Member {self.name!r} of {self.room.name!r}>"
+
+
+class Room:
+    """A chat room: lives as long as its host."""
+
+    __slots__ = ("name", "name_bytes", "host", "members", "bound", "password", "capacity", "open")
+
+    def __init__(self, name: str, password: PasswordHash | None, capacity: int | None) -> None:
+        self.name = name
+        self.name_bytes = name.encode("utf-8")
+        self.host: Member | None = None
+        #: Every member, by username, bound or not, in order of arrival.
+        self.members: dict[str, Member] = {}
+        #: Members whose token is bound to an address, in order of binding.
+        self.bound: list[Member] = []
+        self.password = password
+        self.capacity = capacity
+        self.open = True
+
+    def member_names(self) -> list[str]:
+        """Usernames of the bound members, in order of arrival."""
+        return [m.name for m in self.bound]
+
+    def __repr__(self) -> str:
+        return f"<Room {self.name!r}>"
+
+
+class Rooms:
+    """
+    Every room, member and token of one server.
+
+    @ivar timeout: seconds of silence after which a member is removed, and
+        after which an unbound token expires.
+    """
+
+    def __init__(
+        self,
+        timeout: float = 30.0,
+        max_rooms: int = 10_000,
+        max_members: int = 100_000,
+        rate: float = 50.0,
+        burst: float = 100.0,
+        stats: Stats | None = None,
+        token_factory: Callable[[], bytes] = new_token,
+    ) -> None:
+        self.timeout = timeout
+        self.max_rooms = max_rooms
+        self.max_members = max_members
+        #: Chat messages per second a member may send, and its burst.
+        self.rate = rate
+        self.burst = burst
+        self.stats = stats if stats is not None else Stats()
+        self.rooms: dict[str, Room] = {}
+        self.tokens: dict[bytes, Member] = {}
+        self._token_factory = token_factory
+
+    # TCRP side
+
+    def check_create(self, name: str) -> None:
+        """Refuse early a create that cannot succeed (before hashing a password)."""
+        if name in self.rooms:
+            raise RoomError(409, f"room {name!r} already exists")
+        if len(self.rooms) >= self.max_rooms:
+            raise RoomError(503, "the server is at its room limit")
+        if len(self.tokens) >= self.max_members:
+            raise RoomError(503, "the server is at its member limit")
+
+    def create(
+        self,
+        name: str,
+        username: str,
+        ip: str,
+        now: float,
+        password: PasswordHash | None = None,
+        capacity: int | None = None,
+    ) -> Member:
+        """Open a room with C{username} as its host; return the host member."""
+        self.check_create(name)
+        room = Room(name, password, capacity)
+        self.rooms[name] = room
+        host = self._add(room, username, ip, now, is_host=True)
+        room.host = host
+        log.info(
+            "room {room} created by {user} ({protected})",
+            room=name,
+            user=username,
+            protected="password" if password else "open",
+        )
+        return host
+
+    def find(self, name: str) -> Room:
+        """The open room called C{name}, or a 404."""
+        room = self.rooms.get(name)
+        if room is None:
+            raise RoomError(404, f"no room named {name!r}")
+        return room
+
+    def join(self, room: Room, username: str, ip: str, now: float) -> Member:
+        """
+        Add C{username} to C{room} (whose password the caller has checked).
+        """
+        if not room.open:
+            raise RoomError(404, f"no room named {room.name!r}")
+        if username in room.members:
+            raise RoomError(409, f"username {username!r} is taken in room {room.name!r}")
+        if room.capacity is not None and len(room.members) >= room.capacity:
+            raise RoomError(503, f"room {room.name!r} is full")
+        if len(self.tokens) >= self.max_members:
+            raise RoomError(503, "the server is at its member limit")
+        return self._add(room, username, ip, now, is_host=False)
+
+    def _add(self, room: Room, username: str, ip: str, now: float, is_host: bool) -> Member:
+        token = self._token_factory()
+        while token in self.tokens:  # pragma: no cover - 128 random bits
+            token = self._token_factory()
+        member = Member(username, token, room, normalise_ip(ip), now, is_host)
+        member.allowance = self.burst
+        room.members[username] = member
+        self.tokens[token] = member
+        return member
+
+    def listing(self) -> list[dict[str, Any]]:
+        """The room list of a list request: never the passwords."""
+        return [
+            {
+                "name": room.name,
+                "members": len(room.members),
+                "capacity": room.capacity,
+                "protected": room.password is not None,
+            }
+            for room in self.rooms.values()
+        ]
+
+    # UDP side
+
+    def welcome(self, member: Member) -> bytes:
+        """The welcome notice for C{member}."""
+        room = member.room
+        return wire.encode_notice(
+            "welcome",
+            room=room.name,
+            user=member.name,
+            host=room.host.name if room.host else None,
+            members=room.member_names(),
+        )
+
+    def bind(self, member: Member, addr: Address, now: float) -> Sends:
+        """
+        Bind C{member}'s token to C{addr} (its first accepted datagram):
+        it gets the welcome, the others a join notice.
+        """
+        room = member.room
+        member.addr = addr
+        member.last_seen = now
+        sends: Sends = []
+        notice = wire.encode_notice("join", user=member.name)
+        for other in room.bound:
+            sends.append((notice, other.addr))  # type: ignore[arg-type]
+        room.bound.append(member)
+        sends.append((self.welcome(member), addr))
+        log.info("{user} joined room {room}", user=member.name, room=room.name)
+        return sends
+
+    def who(self, member: Member) -> Sends:
+        """Answer C{\\x00who}: the member list and the host."""
+        room = member.room
+        notice = wire.encode_notice(
+            "members", members=room.member_names(), host=room.host.name if room.host else None
+        )
+        return [(notice, member.addr)]  # type: ignore[list-item]
+
+    def allow_message(self, member: Member, now: float) -> bool:
+        """
+        Whether C{member} may send one more chat message now (a token bucket
+        of C{rate} per second, C{burst} deep).
+        """
+        allowance = member.allowance + (now - member.allowance_at) * self.rate
+        if allowance > self.burst:
+            allowance = self.burst
+        member.allowance_at = now
+        if allowance < 1.0:
+            member.allowance = allowance
+            return False
+        member.allowance = allowance - 1.0
+        return True
+
+    def rate_limited_notice(self, member: Member, now: float) -> Sends:
+        """The C{rate_limited} error notice, at most once a second."""
+        if now - member.limited_at < 1.0:
+            return []
+        member.limited_at = now
+        return [(wire.encode_notice("error", code="rate_limited"), member.addr)]  # type: ignore[list-item]
+
+    def remove(self, member: Member, reason: str) -> Sends:
+        """
+        Remove C{member} for C{reason} (C{left}, C{timeout} or
+        C{unreachable}).  A removed host closes its room.
+        """
+        room = member.room
+        if self.tokens.get(member.token) is not member:
+            return []
+        sends: Sends = []
+        if reason != "left" and member.addr is not None:
+            sends.append((wire.encode_notice("disconnected", reason=reason), member.addr))
+        if member is room.host:
+            self._forget(member)
+            self.stats.removed[reason] += 1
+            log.info("host {user} of room {room} gone ({reason})", user=member.name, room=room.name, reason=reason)
+            sends.extend(self.close(room, "host_left"))
+            return sends
+        self._forget(member)
+        self.stats.removed[reason] += 1
+        if member.addr is not None:
+            notice = wire.encode_notice("leave", user=member.name, reason=reason)
+            for other in room.bound:
+                sends.append((notice, other.addr))  # type: ignore[arg-type]
+            log.info("{user} left room {room} ({reason})", user=member.name, room=room.name, reason=reason)
+        return sends
+
+    def _forget(self, member: Member) -> None:
+        room = member.room
+        del self.tokens[member.token]
+        del room.members[member.name]
+        if member.addr is not None:
+            room.bound.remove(member)
+
+    def close(self, room: Room, reason: str) -> Sends:
+        """
+        Close C{room} for C{reason} (C{host_left} or C{shutdown}): every
+        bound member is told, every token deleted, the name freed.
+        """
+        if not room.open:
+            return []
+        room.open = False
+        notice = wire.encode_notice("closed", reason=reason)
+        sends: Sends = []
+        for member in list(room.members.values()):
+            if member.addr is not None:
+                sends.append((notice, member.addr))
+            self._forget(member)
+            self.stats.removed[reason] += 1
+        del self.rooms[room.name]
+        log.info("room {room} closed ({reason})", room=room.name, reason=reason)
+        return sends
+
+    def delivery_failed(self, member: Member) -> Sends:
+        """
+        Count a failed delivery to C{member}; after L{MAX_SEND_FAILURES} in
+        a row it is removed as unreachable.  The count restarts whenever the
+        member is heard from.
+        """
+        member.failures += 1
+        if member.failures >= MAX_SEND_FAILURES:
+            return self.remove(member, "unreachable")
+        return []
+
+    def expire(self, now: float) -> Sends:
+        """
+        Remove every member silent for longer than C{timeout} (bound or
+        not: an unbound token expires the same way).
+        """
+        deadline = now - self.timeout
+        sends: Sends = []
+        stale = [m for m in self.tokens.values() if m.last_seen < deadline]
+        for member in stale:
+            sends.extend(self.remove(member, "timeout"))
+        return sends
+
+    def shutdown(self) -> Sends:
+        """Close every room for C{shutdown}."""
+        sends: Sends = []
+        for room in list(self.rooms.values()):
+            sends.extend(self.close(room, "shutdown"))
+        return sends
+
+    def counts(self) -> tuple[int, int, int]:
+        """(rooms, members, bound members)."""
+        bound = sum(len(room.bound) for room in self.rooms.values())
+        return len(self.rooms), len(self.tokens), bound

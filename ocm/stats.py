@@ -1,0 +1,48 @@
+"""
+The server's statistics: plain integer counters, cheap to bump on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+# Why a datagram was dropped (SPEC section 2 and 4).
+DROP_REASONS = (
+    "oversize",
+    "malformed",
+    "unknown_token",
+    "wrong_room",
+    "wrong_ip",
+    "wrong_port",
+    "bad_utf8",
+    "bad_control",
+    "rate_limited",
+    "too_long",
+)
+
+REMOVAL_REASONS = ("left", "timeout", "unreachable", "host_left", "shutdown")
+
+
+class Stats:
+    """
+    Counters shared by the TCRP server, the relay and the lobby.
+
+    The hot path bumps plain attributes (C{stats.received += 1}); exporting
+    them (metrics, logs) reads them at leisure.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.relayed = 0
+        self.notices = 0
+        self.send_errors = 0
+        self.send_overload = 0
+        self.dropped: Counter[str] = Counter()
+        self.removed: Counter[str] = Counter()
+        self.requests: Counter[tuple[int, int]] = Counter()
+        self.lobby_received = 0
+        self.lobby_relayed = 0
+
+    def drop(self, reason: str) -> None:
+        """Count one dropped datagram."""
+        self.dropped[reason] += 1

@@ -1,0 +1,171 @@
+"""
+The C{twistd ocm} command: its options and the service they build.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ocm.lobby import LobbyProtocol
+from ocm.relay import LISTEN_SIZE, RelayProtocol
+from ocm.rooms import Rooms
+from ocm.stats import Stats
+from ocm.tcrp import TCRPFactory
+
+log = Logger()
+
+
+def positive_float(value: str) -> float:
+    """Coerce a number of seconds greater than zero."""
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{value} is not a positive number")
+    return number
+
+
+def positive_int(value: str) -> int:
+    """Coerce a whole number of at least one."""
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value} is not a positive whole number")
+    return number
+
+
+positive_float.coerceDoc = "Must be a positive number."  # type: ignore[attr-defined]
+positive_int.coerceDoc = "Must be a positive whole number."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options):
+    """Options of C{twistd ocm}."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve ocm chat rooms: TCRP room set-up over TCP and the chat relay "
+        "over UDP (and, with --lobby, the stage-1 open relay)."
+    )
+
+    optParameters: list[list[Any]] = [
+        ["tcp", None, 9000, "TCP port for TCRP room requests.", usage.portCoerce],
+        ["udp", None, 9001, "UDP port for room chat datagrams.", usage.portCoerce],
+        ["interface", None, "", "Address to listen on (default: all IPv4; '::' for IPv6 and IPv4)."],
+        ["timeout", None, 30.0, "Seconds of silence after which a member is removed.", positive_float],
+        ["lobby", None, None, "UDP port for the stage-1 open lobby (off unless given).", usage.portCoerce],
+        ["max-payload", None, 64 * 1024, "Largest TCRP payload accepted, in bytes (413 beyond).", positive_int],
+        ["max-rooms", None, 10_000, "Most rooms open at once (503 beyond).", positive_int],
+        ["max-members", None, 100_000, "Most members (tokens) at once, server-wide (503 beyond).", positive_int],
+        ["rate", None, 50.0, "Chat messages per second one member may send.", positive_float],
+        ["burst", None, 100, "Messages a member may send at once above --rate.", positive_int],
+        ["request-timeout", None, 5.0, "Seconds a TCP connection has to deliver its request.", positive_float],
+    ]
+
+    def postOptions(self) -> None:
+        """Check the options against each other."""
+        if self["lobby"] is not None and self["lobby"] == self["udp"] != 0:
+            raise usage.UsageError("--lobby and --udp must be different ports")
+
+
+class ShutdownNotices(service.Service):
+    """Sends C{closed}/C{shutdown} to every bound member when the server stops."""
+
+    def __init__(self, relay: RelayProtocol) -> None:
+        self.relay = relay
+
+    def stopService(self) -> None:
+        """Runs before the UDP port closes (services stop in reverse order)."""
+        super().stopService()
+        try:
+            self.relay.shutdown()
+        except Exception:
+            log.failure("sending shutdown notices failed")
+
+
+class GuardedCall:
+    """A timer body that logs its failure instead of stopping the timer."""
+
+    def __init__(self, function: Any, what: str) -> None:
+        self.function = function
+        self.what = what
+
+    def __call__(self) -> None:
+        """Run the function once; log any exception."""
+        try:
+            self.function()
+        except Exception:
+            log.failure("{what} failed", what=self.what)
+
+
+def sweep_interval(timeout: float) -> float:
+    """How often to look for idle members: often enough to be on time."""
+    return min(1.0, timeout / 4)
+
+
+def makeService(config: Options, reactor: IReactorTime | None = None) -> service.MultiService:
+    """
+    Build the ocm service: UDP relay, TCRP server, optional lobby, the
+    expiry timer and the shutdown notices, stopped in reverse order.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor  # type: ignore[assignment]
+    assert reactor is not None
+    stats = Stats()
+    rooms = Rooms(
+        timeout=config["timeout"],
+        max_rooms=config["max-rooms"],
+        max_members=config["max-members"],
+        rate=config["rate"],
+        burst=config["burst"],
+        stats=stats,
+    )
+    relay = RelayProtocol(rooms, reactor)
+    top = service.MultiService()
+    top.rooms = rooms  # type: ignore[attr-defined]
+    top.relay = relay  # type: ignore[attr-defined]
+
+    udp = internet.UDPServer(config["udp"], relay, interface=config["interface"], maxPacketSize=LISTEN_SIZE)
+    udp.setName("udp")
+    udp.setServiceParent(top)
+
+    def udp_port() -> int:
+        return relay.transport.getHost().port  # type: ignore[no-any-return,union-attr]
+
+    factory = TCRPFactory(
+        rooms,
+        udp_port,
+        reactor,
+        max_payload=config["max-payload"],
+        request_timeout=config["request-timeout"],
+    )
+    top.tcrp = factory  # type: ignore[attr-defined]
+    tcp = internet.TCPServer(config["tcp"], factory, interface=config["interface"])
+    tcp.setName("tcp")
+    tcp.setServiceParent(top)
+
+    timers = [GuardedCall(relay.sweep, "room expiry")]
+    if config["lobby"] is not None:
+        lobby = LobbyProtocol(stats, reactor, timeout=config["timeout"])
+        top.lobby = lobby  # type: ignore[attr-defined]
+        lobby_service = internet.UDPServer(
+            config["lobby"], lobby, interface=config["interface"], maxPacketSize=LISTEN_SIZE
+        )
+        lobby_service.setName("lobby")
+        lobby_service.setServiceParent(top)
+        timers.append(GuardedCall(lobby.sweep, "lobby expiry"))
+
+    def sweep() -> None:
+        for timer in timers:
+            timer()
+
+    timer = internet.TimerService(sweep_interval(config["timeout"]), sweep)
+    timer.clock = reactor
+    timer.setName("sweep")
+    timer.setServiceParent(top)
+
+    ShutdownNotices(relay).setServiceParent(top)
+    return top

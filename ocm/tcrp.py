@@ -1,0 +1,220 @@
+"""
+TCRP, the room set-up protocol over TCP (SPEC section 1).
+
+One request per connection, framed in the manner of C{IntNStringReceiver}:
+one buffer, parsed once the 32-byte header is whole, the declared payload
+size checked as soon as the header arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ocm import wire
+from ocm.passwords import hash_password, verify_password
+from ocm.rooms import Member, RoomError, Rooms
+
+log = Logger()
+
+RunBlocking = Callable[..., "defer.Deferred[Any]"]
+
+
+def json_number(value: float) -> float | int:
+    """C{30.0} as C{30}: whole seconds are written as JSON integers."""
+    return int(value) if float(value).is_integer() else value
+
+
+class TCRPProtocol(Protocol):
+    """Reads one TCRP request, answers it, and closes the connection."""
+
+    factory: TCRPFactory
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._header: wire.Header | None = None
+        self._done = False
+        self._lost = False
+        self._timer: IDelayedCall | None = None
+        self._operation = 0
+        self._room = b""
+
+    def connectionMade(self) -> None:
+        """Start the clock for the whole request."""
+        self._timer = self.factory.clock.callLater(self.factory.request_timeout, self._timed_out)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Forget the timer; a pending password check will not be answered."""
+        self._lost = True
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self._done:
+            self._done = True
+            log.info("TCRP request from {peer} timed out", peer=self._peer())
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _peer(self) -> str:
+        return str(self.transport.getPeer().host)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        """Buffer until one whole frame is in; ignore anything after it."""
+        if self._done:
+            return
+        self._buffer += data
+        if self._header is None:
+            if len(self._buffer) < wire.HEADER_SIZE:
+                return
+            self._header = wire.decode_header(bytes(self._buffer[: wire.HEADER_SIZE]))
+            self._operation = self._header.operation
+            if self._header.payload_size > self.factory.max_payload:
+                self._error(413, f"payload larger than {self.factory.max_payload} bytes")
+                return
+        end = wire.HEADER_SIZE + self._header.body_size
+        if len(self._buffer) < end:
+            return
+        room_end = wire.HEADER_SIZE + self._header.room_size
+        frame = wire.Frame(
+            self._header.operation,
+            self._header.state,
+            bytes(self._buffer[wire.HEADER_SIZE : room_end]),
+            bytes(self._buffer[room_end:end]),
+        )
+        self._room = frame.room
+        self._done = True
+        self._cancel_timer()
+        self._buffer = bytearray()
+        self.factory.handle(frame, self._peer()).addCallbacks(self._answer, self._failed)
+
+    def _answer(self, frames: list[bytes]) -> None:
+        if not self._lost:
+            self.transport.write(b"".join(frames))
+            self.transport.loseConnection()
+
+    def _failed(self, failure: Failure) -> None:
+        log.failure("TCRP request failed", failure)
+        self._error(500, "internal error")
+
+    def _error(self, status: int, message: str) -> None:
+        self._done = True
+        self._cancel_timer()
+        self._answer([wire.response_frame(self._operation, self._room, status, message=message)])
+
+
+class TCRPFactory(ServerFactory):
+    """
+    Answers TCRP requests from the rooms service.
+
+    @ivar udp_port: returns the relay's port, for the 200 response.
+    @ivar run_blocking: runs a slow function (password hashing) off the
+        reactor thread; C{deferToThread} unless a test says otherwise.
+    """
+
+    protocol = TCRPProtocol
+
+    def __init__(
+        self,
+        rooms: Rooms,
+        udp_port: Callable[[], int],
+        clock: IReactorTime,
+        max_payload: int = 64 * 1024,
+        request_timeout: float = 5.0,
+        run_blocking: RunBlocking = deferToThread,
+    ) -> None:
+        self.rooms = rooms
+        self.udp_port = udp_port
+        self.clock = clock
+        self.max_payload = max_payload
+        self.request_timeout = request_timeout
+        self.run_blocking = run_blocking
+
+    def handle(self, frame: wire.Frame, peer: str) -> defer.Deferred[list[bytes]]:
+        """
+        Answer one whole request frame from C{peer}.
+
+        @return: the frames to write back, then close.
+        """
+        d = defer.maybeDeferred(self._dispatch, frame, peer)
+
+        def refused(failure: Failure) -> list[bytes]:
+            failure.trap(RoomError, wire.WireError)
+            error = failure.value
+            status = error.status  # type: ignore[union-attr]
+            self.rooms.stats.requests[(frame.operation, status)] += 1
+            log.info(
+                "TCRP operation {operation} from {peer} refused: {status}",
+                operation=frame.operation,
+                peer=peer,
+                status=status,
+            )
+            return [wire.response_frame(frame.operation, frame.room, status, message=str(error))]
+
+        return d.addErrback(refused)
+
+    def _dispatch(self, frame: wire.Frame, peer: str) -> Any:
+        request = wire.parse_request(frame)
+        if request.operation == wire.OP_LIST:
+            return self._ok(request, [wire.complete_frame(wire.OP_LIST, frame.room, wire.encode_json(self.rooms.listing()))])
+        if request.operation == wire.OP_CREATE:
+            return self._create(request, peer)
+        return self._join(request, peer)
+
+    def _ok(self, request: wire.Request, complete: list[bytes], **fields: Any) -> list[bytes]:
+        self.rooms.stats.requests[(request.operation, 200)] += 1
+        return [wire.response_frame(request.operation, request.room_bytes, 200, **fields), *complete]
+
+    def _issued(self, request: wire.Request, member: Member) -> list[bytes]:
+        return self._ok(
+            request,
+            [wire.complete_frame(request.operation, request.room_bytes, member.token)],
+            udp_port=self.udp_port(),
+            timeout=json_number(self.rooms.timeout),
+        )
+
+    def _create(self, request: wire.Request, peer: str) -> Any:
+        fields = request.fields
+        self.rooms.check_create(request.room)
+
+        def create(password: Any) -> list[bytes]:
+            member = self.rooms.create(
+                request.room,
+                fields["username"],
+                peer,
+                self.clock.seconds(),
+                password=password,
+                capacity=fields["capacity"],
+            )
+            return self._issued(request, member)
+
+        if fields["password"]:
+            return self.run_blocking(hash_password, fields["password"]).addCallback(create)
+        return create(None)
+
+    def _join(self, request: wire.Request, peer: str) -> Any:
+        fields = request.fields
+        room = self.rooms.find(request.room)
+
+        def join(ok: bool) -> list[bytes]:
+            if not ok:
+                raise RoomError(401, "wrong password")
+            member = self.rooms.join(room, fields["username"], peer, self.clock.seconds())
+            return self._issued(request, member)
+
+        if room.password is None:
+            return join(True)
+        if not fields["password"]:
+            raise RoomError(401, f"room {request.room!r} needs a password")
+        return self.run_blocking(verify_password, fields["password"], room.password).addCallback(join)

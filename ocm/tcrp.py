@@ -27,6 +27,10 @@ log = Logger()
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its request was answered."""
+
+
 def json_number(value: float) -> float | int:
     """C{30.0} as C{30}: whole seconds are written as JSON integers."""
     return int(value) if float(value).is_integer() else value
@@ -97,7 +101,7 @@ class TCRPProtocol(Protocol):
         self._done = True
         self._cancel_timer()
         self._buffer = bytearray()
-        self.factory.handle(frame, self._peer()).addCallbacks(self._answer, self._failed)
+        self.factory.handle(frame, self._peer(), lambda: not self._lost).addCallbacks(self._answer, self._failed)
 
     def _answer(self, frames: list[bytes]) -> None:
         if not self._lost:
@@ -141,15 +145,20 @@ class TCRPFactory(ServerFactory):
         self.request_timeout = request_timeout
         self.run_blocking = run_blocking
 
-    def handle(self, frame: wire.Frame, peer: str) -> defer.Deferred[list[bytes]]:
+    def handle(self, frame: wire.Frame, peer: str, wanted: Callable[[], bool] = lambda: True) -> defer.Deferred[list[bytes]]:
         """
         Answer one whole request frame from C{peer}.
 
+        @param wanted: whether the client is still there; checked after a
+            password hash, so that a client gone meanwhile leaves no room or
+            token behind.
         @return: the frames to write back, then close.
         """
-        d = defer.maybeDeferred(self._dispatch, frame, peer)
+        d = defer.maybeDeferred(self._dispatch, frame, peer, wanted)
 
         def refused(failure: Failure) -> list[bytes]:
+            if failure.check(ClientGone):
+                return []
             failure.trap(RoomError, wire.WireError)
             error = failure.value
             status = error.status  # type: ignore[union-attr]
@@ -164,13 +173,13 @@ class TCRPFactory(ServerFactory):
 
         return d.addErrback(refused)
 
-    def _dispatch(self, frame: wire.Frame, peer: str) -> Any:
+    def _dispatch(self, frame: wire.Frame, peer: str, wanted: Callable[[], bool]) -> Any:
         request = wire.parse_request(frame)
         if request.operation == wire.OP_LIST:
             return self._ok(request, [wire.complete_frame(wire.OP_LIST, frame.room, wire.encode_json(self.rooms.listing()))])
         if request.operation == wire.OP_CREATE:
-            return self._create(request, peer)
-        return self._join(request, peer)
+            return self._create(request, peer, wanted)
+        return self._join(request, peer, wanted)
 
     def _ok(self, request: wire.Request, complete: list[bytes], **fields: Any) -> list[bytes]:
         self.rooms.stats.requests[(request.operation, 200)] += 1
@@ -184,11 +193,13 @@ class TCRPFactory(ServerFactory):
             timeout=json_number(self.rooms.timeout),
         )
 
-    def _create(self, request: wire.Request, peer: str) -> Any:
+    def _create(self, request: wire.Request, peer: str, wanted: Callable[[], bool]) -> Any:
         fields = request.fields
         self.rooms.check_create(request.room)
 
         def create(password: Any) -> list[bytes]:
+            if not wanted():
+                raise ClientGone()
             member = self.rooms.create(
                 request.room,
                 fields["username"],
@@ -203,11 +214,13 @@ class TCRPFactory(ServerFactory):
             return self.run_blocking(hash_password, fields["password"]).addCallback(create)
         return create(None)
 
-    def _join(self, request: wire.Request, peer: str) -> Any:
+    def _join(self, request: wire.Request, peer: str, wanted: Callable[[], bool]) -> Any:
         fields = request.fields
         room = self.rooms.find(request.room)
 
         def join(ok: bool) -> list[bytes]:
+            if not wanted():
+                raise ClientGone()
             if not ok:
                 raise RoomError(401, "wrong password")
             member = self.rooms.join(room, fields["username"], peer, self.clock.seconds())

@@ -61,6 +61,9 @@ class Options(usage.Options):
         ["rate", None, 50.0, "Chat messages per second one member may send.", positive_float],
         ["burst", None, 100, "Messages a member may send at once above --rate.", positive_int],
         ["request-timeout", None, 5.0, "Seconds a TCP connection has to deliver its request.", positive_float],
+        ["request-rate", None, 200.0, "TCRP requests per second from one IP (429 beyond).", positive_float],
+        ["request-burst", None, 400, "TCRP requests one IP may make at once above --request-rate.", positive_int],
+        ["password-tries", None, 5, "Wrong passwords per minute from one IP for one room (429 beyond).", positive_int],
     ]
 
     def postOptions(self) -> None:
@@ -141,6 +144,9 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         reactor,
         max_payload=config["max-payload"],
         request_timeout=config["request-timeout"],
+        request_rate=config["request-rate"],
+        request_burst=config["request-burst"],
+        password_tries=config["password-tries"],
     )
     top.tcrp = factory  # type: ignore[attr-defined]
     tcp = internet.TCPServer(config["tcp"], factory, interface=config["interface"])

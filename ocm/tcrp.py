@@ -19,8 +19,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ocm import wire
+from ocm.limits import TokenBuckets
 from ocm.passwords import hash_password, verify_password
-from ocm.rooms import Member, RoomError, Rooms
+from ocm.rooms import Member, RoomError, Rooms, normalise_ip
 
 log = Logger()
 
@@ -137,6 +138,9 @@ class TCRPFactory(ServerFactory):
         max_payload: int = 64 * 1024,
         request_timeout: float = 5.0,
         run_blocking: RunBlocking = deferToThread,
+        request_rate: float = 200.0,
+        request_burst: float = 400.0,
+        password_tries: int = 5,
     ) -> None:
         self.rooms = rooms
         self.udp_port = udp_port
@@ -144,6 +148,10 @@ class TCRPFactory(ServerFactory):
         self.max_payload = max_payload
         self.request_timeout = request_timeout
         self.run_blocking = run_blocking
+        #: Requests per second from one IP (429 beyond).
+        self.requests = TokenBuckets(request_rate, request_burst)
+        #: Wrong passwords for one room from one IP: C{password_tries} a minute.
+        self.guesses = TokenBuckets(password_tries / 60.0, password_tries)
 
     def handle(self, frame: wire.Frame, peer: str, wanted: Callable[[], bool] = lambda: True) -> defer.Deferred[list[bytes]]:
         """
@@ -174,6 +182,8 @@ class TCRPFactory(ServerFactory):
         return d.addErrback(refused)
 
     def _dispatch(self, frame: wire.Frame, peer: str, wanted: Callable[[], bool]) -> Any:
+        if not self.requests.allow(normalise_ip(peer), self.clock.seconds()):
+            raise RoomError(429, "too many requests from this address; slow down")
         request = wire.parse_request(frame)
         if request.operation == wire.OP_LIST:
             return self._ok(request, [wire.complete_frame(wire.OP_LIST, frame.room, wire.encode_json(self.rooms.listing()))])
@@ -218,10 +228,13 @@ class TCRPFactory(ServerFactory):
         fields = request.fields
         room = self.rooms.find(request.room)
 
+        guess_key = (normalise_ip(peer), request.room)
+
         def join(ok: bool) -> list[bytes]:
             if not wanted():
                 raise ClientGone()
             if not ok:
+                self.guesses.charge(guess_key, self.clock.seconds())
                 raise RoomError(401, "wrong password")
             member = self.rooms.join(room, fields["username"], peer, self.clock.seconds())
             return self._issued(request, member)
@@ -230,4 +243,6 @@ class TCRPFactory(ServerFactory):
             return join(True)
         if not fields["password"]:
             raise RoomError(401, f"room {request.room!r} needs a password")
+        if self.guesses.blocked(guess_key, self.clock.seconds()):
+            raise RoomError(429, "too many wrong passwords for this room; try again later")
         return self.run_blocking(verify_password, fields["password"], room.password).addCallback(join)

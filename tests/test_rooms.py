@@ -243,3 +243,31 @@ class RelayStateTests(unittest.TestCase):
         self.assertEqual(len(rooms.rate_limited_notice(member, 0.5)), 1)
         self.assertEqual(rooms.rate_limited_notice(member, 1.4), [])
         self.assertEqual(notices(rooms.rate_limited_notice(member, 1.6)), [({"event": "error", "code": "rate_limited"}, A)])
+
+
+class TokenBucketTests(unittest.TestCase):
+    """L{ocm.limits.TokenBuckets}."""
+
+    def test_bucket(self) -> None:
+        """burst at once, then rate a second; keys are separate."""
+        from ocm.limits import TokenBuckets
+
+        buckets = TokenBuckets(rate=2, burst=3)
+        self.assertEqual([buckets.allow("a", 0) for _ in range(4)], [True, True, True, False])
+        self.assertTrue(buckets.allow("b", 0))
+        self.assertTrue(buckets.allow("a", 0.5))
+        self.assertFalse(buckets.allow("a", 0.5))
+
+    def test_charge_and_prune(self) -> None:
+        """charge may go below zero; full buckets are pruned."""
+        from ocm.limits import TokenBuckets
+
+        buckets = TokenBuckets(rate=1, burst=2, max_keys=2)
+        buckets.charge("a", 0, 3)
+        self.assertTrue(buckets.blocked("a", 1.5))
+        self.assertFalse(buckets.blocked("a", 2))
+        buckets.allow("b", 0)
+        buckets.allow("c", 0)
+        self.assertEqual(len(buckets), 3)
+        buckets.allow("d", 10)
+        self.assertEqual(len(buckets), 1)

@@ -136,6 +136,28 @@ class TCRPTests(unittest.TestCase):
         header = bytes((1, 1, 0)) + (2**29).to_bytes(29, "big")
         self.assertEqual(self.status(self.request(header)[0])["status"], 413)
 
+    def test_429_request_rate(self) -> None:
+        """Too many requests from one address; other addresses are not slowed."""
+        self.factory.requests.rate, self.factory.requests.burst = 1.0, 3.0
+        for _ in range(3):
+            self.assertEqual(self.status(self.request(request_bytes(3, ""))[0])["status"], 200)
+        self.assertRefused(request_bytes(3, ""), 429)
+        self.assertEqual(self.status(self.request(request_bytes(3, ""), host="127.0.0.2")[0])["status"], 200)
+        self.clock.advance(1)
+        self.assertEqual(self.status(self.request(request_bytes(3, ""))[0])["status"], 200)
+
+    def test_429_password_guessing(self) -> None:
+        """Wrong passwords for one room from one IP are limited, then 429 even for the right one."""
+        self.create(password="pw")
+        for i in range(5):
+            self.assertRefused(request_bytes(2, "r", {"username": f"b{i}", "password": "guess"}), 401)
+        self.assertRefused(request_bytes(2, "r", {"username": "b", "password": "pw"}), 429)
+        frames, _ = self.request(request_bytes(2, "r", {"username": "c", "password": "pw"}), host="127.0.0.2")
+        self.assertEqual(self.status(frames)["status"], 200)
+        self.clock.advance(12)
+        frames, _ = self.request(request_bytes(2, "r", {"username": "b", "password": "pw"}))
+        self.assertEqual(self.status(frames)["status"], 200)
+
     def test_503(self) -> None:
         """Room full, and the server's limits."""
         self.create(capacity=1)

@@ -138,6 +138,9 @@ def status_of(frames: list[wire.Frame]) -> dict[str, Any]:
     return wire.decode_json(frames[0].payload)  # type: ignore[no-any-return]
 
 
+MARKER = b"marker-"
+
+
 class UDPPeer(protocol.DatagramProtocol):
     """A UDP socket on a loopback address, collecting what arrives."""
 
@@ -147,12 +150,12 @@ class UDPPeer(protocol.DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self.received.append(data)
 
-    def chats(self) -> list[tuple[str, str]]:
-        """(sender, text) of every chat message received."""
+    def chats(self, markers: bool = False) -> list[tuple[str, str]]:
+        """(sender, text) of every chat message received (but test barrier markers)."""
         out = []
         for data in self.received:
             name, message = wire.decode_relayed(data)
-            if name:
+            if name and (markers or not message.startswith(MARKER)):
                 out.append((name.decode(), message.decode()))
         return out
 

@@ -1,0 +1,395 @@
+"""
+End-to-end tests: the server built by the plugin's own C{makeService}, real
+sockets on 127.0.0.1 (and 127.0.0.2 as the other address), ephemeral ports,
+every wait bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from ocm import wire
+from ocm.tap import Options, makeService
+from tests.helpers import UDPPeer, listen_udp, sleep, status_of, tcrp, tcrp_raw, wait_until
+
+
+class Member:
+    """A test client: a token and a UDP socket of its own."""
+
+    def __init__(self, case: ServerCase, room: str, name: str, token: bytes, source: str) -> None:
+        self.case = case
+        self.room = room
+        self.name = name
+        self.token = token
+        self.peer, self.port = listen_udp(source)
+        case.addCleanup(self.port.stopListening)
+
+    def send(self, message: bytes) -> None:
+        """Send one datagram to the relay."""
+        data = wire.encode_datagram(self.room.encode(), self.token, message)
+        self.port.write(data, ("127.0.0.1", self.case.udp_port))
+
+    async def hello(self) -> None:
+        """Bind: send \\x00hello until the welcome arrives."""
+        for _ in range(50):
+            self.send(wire.HELLO)
+            try:
+                await wait_until(lambda: self.peer.notices("welcome"), 0.1)
+                return
+            except AssertionError:
+                pass
+        raise AssertionError(f"no welcome for {self.name}")
+
+
+class ServerCase(unittest.TestCase):
+    """Starts a whole ocm server on loopback for each test."""
+
+    timeout = 30
+    server_args: list[str] = []
+
+    async def setUp(self) -> None:
+        options = Options()
+        options.parseOptions(["--tcp", "0", "--udp", "0", "--lobby", "0", "--interface", "127.0.0.1", *self.server_args])
+        self.service = makeService(options, reactor)
+        self.service.startService()
+        self.addCleanup(self.stop)
+        self.rooms = self.service.rooms  # type: ignore[attr-defined]
+        self.stats = self.rooms.stats
+        self.tcp_port = self.service.getServiceNamed("tcp")._port.getHost().port  # type: ignore[attr-defined]
+        self.udp_port = self.service.getServiceNamed("udp")._port.getHost().port  # type: ignore[attr-defined]
+        self.lobby_port = self.service.getServiceNamed("lobby")._port.getHost().port  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self.service.running:
+            await self.service.stopService()
+
+    async def request(self, operation: int, room: str, source: str = "127.0.0.1", **payload: Any) -> tuple[dict[str, Any], list[wire.Frame]]:
+        frames = await tcrp(self.tcp_port, operation, room, payload, source)
+        return status_of(frames), frames
+
+    async def member(self, operation: int, room: str, name: str, source: str = "127.0.0.1", hello: bool = True, **payload: Any) -> Member:
+        body, frames = await self.request(operation, room, source, username=name, **payload)
+        self.assertEqual(body["status"], 200, body)
+        member = Member(self, room, name, frames[1].payload, source)
+        if hello:
+            await member.hello()
+        return member
+
+    async def room(self, name: str = "r", *guests: str, **payload: Any) -> list[Member]:
+        """A room with a host and guests, all bound, welcome notices cleared."""
+        members = [await self.member(1, name, "host", **payload)]
+        for guest in guests:
+            members.append(await self.member(2, name, guest, password=payload.get("password", "")))
+        await wait_until(lambda: len(members[0].peer.notices("join")) == len(guests), what="join notices")
+        for m in members:
+            m.peer.received.clear()
+        return members
+
+    async def barrier(self, sender: Member, *receivers: Member) -> None:
+        """Send a marker and wait until every receiver has it: what was sent before has arrived."""
+        marker = f"marker-{id(object())}"
+        sender.send(marker.encode())
+        for r in receivers:
+            await wait_until(lambda r=r: (sender.name, marker) in r.peer.chats(markers=True), what="marker")
+
+
+class TCRPEndToEnd(ServerCase):
+    """Every status of the TCRP table over a real TCP connection."""
+
+    async def test_create_join_list(self) -> None:
+        """200 for create and join (with udp_port and timeout), list without passwords."""
+        body, frames = await self.request(1, "部屋", username="アリス", password="秘密", capacity=3)
+        self.assertEqual(body, {"status": 200, "udp_port": self.udp_port, "timeout": 30})
+        self.assertEqual([(f.operation, f.state, f.room) for f in frames], [(1, 1, "部屋".encode()), (1, 2, "部屋".encode())])
+        self.assertEqual(len(frames[1].payload), 32)
+        body, frames = await self.request(2, "部屋", username="ボブ", password="秘密")
+        self.assertEqual(body["status"], 200)
+        self.assertNotEqual(frames[1].payload, b"")
+        body, frames = await self.request(3, "")
+        self.assertEqual(body, {"status": 200})
+        listing = wire.decode_json(frames[1].payload)
+        self.assertEqual(listing, [{"name": "部屋", "members": 2, "capacity": 3, "protected": True}])
+        self.assertNotIn("秘密".encode(), frames[1].payload)
+
+    async def test_errors(self) -> None:
+        """400, 401, 404, 409, 503, each a single state-1 frame with a message."""
+        await self.request(1, "r", username="alice", password="pw", capacity=2)
+        cases = [
+            ((1, "r"), {"username": ""}, 400),
+            ((2, "r"), {"username": "bob"}, 401),
+            ((2, "r"), {"username": "bob", "password": "nope"}, 401),
+            ((2, "nowhere"), {"username": "bob"}, 404),
+            ((1, "r"), {"username": "bob"}, 409),
+            ((2, "r"), {"username": "alice", "password": "pw"}, 409),
+        ]
+        for (op, room), payload, status in cases:
+            body, frames = await self.request(op, room, **payload)
+            self.assertEqual((body["status"], len(frames)), (status, 1), (op, room, payload))
+            self.assertTrue(body["message"])
+        await self.request(2, "r", username="bob", password="pw")
+        body, _ = await self.request(2, "r", username="carol", password="pw")
+        self.assertEqual(body["status"], 503)
+
+    async def test_413(self) -> None:
+        """A declared payload over --max-payload is refused without the body being sent."""
+        header = bytes((1, 1, 0)) + (65537).to_bytes(29, "big") + b"r"
+        frames, _ = wire.decode_frames(await tcrp_raw(self.tcp_port, header))
+        self.assertEqual(status_of(frames)["status"], 413)
+
+    async def test_429(self) -> None:
+        """Too many requests from one address."""
+        self.service.tcrp.requests.burst = 2  # type: ignore[attr-defined]
+        self.service.tcrp.requests.rate = 0.001  # type: ignore[attr-defined]
+        statuses = [(await self.request(3, ""))[0]["status"] for _ in range(3)]
+        self.assertEqual(statuses, [200, 200, 429])
+
+    async def test_bad_frame(self) -> None:
+        """Garbage gets a 400 and a closed connection."""
+        data = bytes((0, 9, 0)) + (3).to_bytes(29, "big") + b"xyz"
+        frames, _ = wire.decode_frames(await tcrp_raw(self.tcp_port, data))
+        self.assertEqual(status_of(frames)["status"], 400)
+
+
+class RelayEndToEnd(ServerCase):
+    """Chat over real UDP sockets."""
+
+    async def test_relay_to_others_not_self(self) -> None:
+        """A message reaches every other member exactly once, and not its sender."""
+        host, bob, carol = await self.room("r", "bob", "carol")
+        host.send("こんにちは 🌸".encode())
+        await wait_until(lambda: bob.peer.chats() and carol.peer.chats())
+        await self.barrier(bob, host)
+        self.assertEqual(bob.peer.chats(), [("host", "こんにちは 🌸")])
+        self.assertEqual(carol.peer.chats(), [("host", "こんにちは 🌸")])
+        self.assertEqual(host.peer.chats(), [])
+
+    async def test_welcome_and_join(self) -> None:
+        """welcome on bind and on every hello; join once to the others."""
+        host = await self.member(1, "r", "host")
+        welcome = host.peer.notices("welcome")[0]
+        self.assertEqual(welcome, {"event": "welcome", "room": "r", "user": "host", "host": "host", "members": ["host"]})
+        bob = await self.member(2, "r", "bob")
+        self.assertEqual(bob.peer.notices("welcome")[0]["members"], ["host", "bob"])
+        await wait_until(lambda: host.peer.notices("join"))
+        bob.send(wire.HELLO)
+        await wait_until(lambda: len(bob.peer.notices("welcome")) == 2)
+        await self.barrier(bob, host)
+        self.assertEqual(host.peer.notices("join"), [{"event": "join", "user": "bob"}])
+
+    async def test_isolation(self) -> None:
+        """Two rooms do not hear each other."""
+        a_host, a_guest = await self.room("a", "guest")
+        b_host, b_guest = await self.room("b", "guest")
+        a_host.send(b"to a")
+        b_host.send(b"to b")
+        await wait_until(lambda: a_guest.peer.chats() and b_guest.peer.chats())
+        await self.barrier(a_host, a_guest)
+        await self.barrier(b_host, b_guest)
+        self.assertEqual(a_guest.peer.chats(), [("host", "to a")])
+        self.assertEqual(b_guest.peer.chats(), [("host", "to b")])
+
+    async def test_token_ip_binding(self) -> None:
+        """A token issued to 127.0.0.1 used from 127.0.0.2 is dropped and does not bind."""
+        host, = await self.room("r")
+        bob = await self.member(2, "r", "bob", hello=False)
+        thief, port = listen_udp("127.0.0.2")
+        self.addCleanup(port.stopListening)
+        port.write(wire.encode_datagram(b"r", bob.token, wire.HELLO), ("127.0.0.1", self.udp_port))
+        port.write(wire.encode_datagram(b"r", bob.token, b"spoofed"), ("127.0.0.1", self.udp_port))
+        await wait_until(lambda: self.stats.dropped["wrong_ip"] == 2)
+        await bob.hello()
+        await self.barrier(bob, host)
+        self.assertEqual(thief.received, [])
+        self.assertEqual(host.peer.chats(), [])
+
+    async def test_token_from_other_ip(self) -> None:
+        """A member that got its token from 127.0.0.2 chats from 127.0.0.2."""
+        host, = await self.room("r")
+        bob = await self.member(2, "r", "bob", source="127.0.0.2")
+        bob.send(b"from .2")
+        await wait_until(lambda: host.peer.chats() == [("bob", "from .2")])
+
+    async def test_bound_port_lock(self) -> None:
+        """After binding, the same token from another port of the same IP is dropped."""
+        host, bob = await self.room("r", "bob")
+        other, port = listen_udp("127.0.0.1")
+        self.addCleanup(port.stopListening)
+        port.write(wire.encode_datagram(b"r", bob.token, b"hijack"), ("127.0.0.1", self.udp_port))
+        await wait_until(lambda: self.stats.dropped["wrong_port"] == 1)
+        await self.barrier(bob, host)
+        self.assertEqual(host.peer.chats(), [])
+        self.assertEqual(other.received, [])
+
+    async def test_drop_rules(self) -> None:
+        """Each drop rule: silent, counted, and the room carries on."""
+        host, bob = await self.room("r", "bob")
+        junk, port = listen_udp("127.0.0.1")
+        self.addCleanup(port.stopListening)
+        server = ("127.0.0.1", self.udp_port)
+        datagrams = {
+            "oversize": wire.encode_datagram(b"r", bob.token, b"x" * 4000) + b"x" * 200,
+            "malformed": b"\x05\x20r",
+            "unknown_token": wire.encode_datagram(b"r", b"0" * 32, b"x"),
+            "wrong_room": wire.encode_datagram(b"s", bob.token, b"x"),
+        }
+        for data in datagrams.values():
+            port.write(data, server)
+        bob.send(b"\xff\xfe bad utf-8")
+        bob.send(b"\x00dance")
+        for reason in [*datagrams, "bad_utf8", "bad_control"]:
+            await wait_until(lambda reason=reason: self.stats.dropped[reason] == 1, what=reason)
+        await self.barrier(bob, host)
+        self.assertEqual(junk.received, [])
+        self.assertEqual(host.peer.chats(), [])
+        self.assertEqual(bob.peer.received, [])
+
+    async def test_too_long(self) -> None:
+        """too_long to the sender only, nothing relayed."""
+        body, frames = await self.request(1, "r", username="h")
+        host = Member(self, "r", "h", frames[1].payload, "127.0.0.1")
+        await host.hello()
+        long = await self.member(2, "r", "L" * 250)
+        long.send(b"x" * (4093 - 250 + 1))
+        await wait_until(lambda: long.peer.notices("error"))
+        self.assertEqual(long.peer.notices("error"), [{"event": "error", "code": "too_long"}])
+        await self.barrier(long, host)
+        self.assertEqual(host.peer.chats(), [])
+
+    async def test_largest_message(self) -> None:
+        """The largest legal text arrives intact: a 4094-byte relayed datagram."""
+        host, bob = await self.room("r", "bob")
+        limit = wire.max_text(b"r", bob.token, b"bob")
+        text = ("あ" * 2000 + "x" * 4000).encode()[:limit]
+        text = text.decode("utf-8", "ignore").encode()
+        text += b"x" * (limit - len(text))
+        bob.send(text)
+        await wait_until(lambda: host.peer.received)
+        self.assertEqual(host.peer.received, [wire.encode_relayed(b"bob", text)])
+        self.assertLessEqual(len(host.peer.received[0]), 4094)
+        self.assertEqual(len(wire.encode_datagram(b"r", bob.token, text)), 4096)
+
+    async def test_who(self) -> None:
+        """\\x00who answers the asker with the members and host."""
+        host, bob = await self.room("r", "bob")
+        bob.send(wire.WHO)
+        await wait_until(lambda: bob.peer.notices("members"))
+        self.assertEqual(bob.peer.notices("members"), [{"event": "members", "members": ["host", "bob"], "host": "host"}])
+
+    async def test_leave(self) -> None:
+        """\\x00leave: the others get leave/left; the token no longer works."""
+        host, bob, carol = await self.room("r", "bob", "carol")
+        bob.send(wire.LEAVE)
+        await wait_until(lambda: host.peer.notices("leave") and carol.peer.notices("leave"))
+        self.assertEqual(carol.peer.notices("leave"), [{"event": "leave", "user": "bob", "reason": "left"}])
+        bob.send(b"still here?")
+        await wait_until(lambda: self.stats.dropped["unknown_token"] == 1)
+        body, _ = await self.request(2, "r", username="bob")
+        self.assertEqual(body["status"], 200, "the name is free again")
+
+    async def test_host_leave(self) -> None:
+        """The host leaving closes the room: closed/host_left, tokens gone, name free."""
+        host, bob, carol = await self.room("r", "bob", "carol")
+        host.send(wire.LEAVE)
+        for m in (bob, carol):
+            await wait_until(lambda m=m: m.peer.notices("closed"))
+            self.assertEqual(m.peer.notices("closed"), [{"event": "closed", "reason": "host_left"}])
+        bob.send(b"hello?")
+        await wait_until(lambda: self.stats.dropped["unknown_token"] == 1)
+        self.assertEqual((await self.request(1, "r", username="bob"))[0]["status"], 200)
+
+    async def test_send_failure_does_not_stop_fan_out(self) -> None:
+        """A recipient whose send fails is skipped; the others still get the message."""
+        host, bob, carol = await self.room("r", "bob", "carol")
+        relay = self.service.relay  # type: ignore[attr-defined]
+        real = relay._sendto
+        bad = bob.port.getHost().port
+
+        def flaky(data: bytes, addr: tuple[str, int]) -> Any:
+            if addr[1] == bad:
+                raise OSError(1, "injected")
+            return real(data, addr)
+
+        relay._sendto = flaky
+        host.send(b"one")
+        await wait_until(lambda: carol.peer.chats() == [("host", "one")])
+        self.assertEqual(self.stats.send_errors, 1)
+
+
+class LifetimeEndToEnd(ServerCase):
+    """Timeouts, keepalives and expiry, with --timeout 1."""
+
+    server_args = ["--timeout", "1"]
+
+    async def test_idle_timeout_and_keepalive(self) -> None:
+        """A member kept alive stays; a silent one is disconnected and the others told."""
+        host, bob = await self.room("r", "bob")
+        for _ in range(8):  # 1.6 s of keepalives from the host only
+            host.send(b"")
+            await sleep(0.2)
+        await wait_until(lambda: bob.peer.notices("disconnected"), 3)
+        self.assertEqual(bob.peer.notices("disconnected"), [{"event": "disconnected", "reason": "timeout"}])
+        await wait_until(lambda: host.peer.notices("leave"))
+        self.assertEqual(host.peer.notices("leave"), [{"event": "leave", "user": "bob", "reason": "timeout"}])
+        self.assertIn(host.token, self.rooms.tokens)
+        self.assertNotIn(bob.token, self.rooms.tokens)
+
+    async def test_host_timeout_closes(self) -> None:
+        """A host that times out closes the room."""
+        host, bob = await self.room("r", "bob")
+        for _ in range(8):
+            bob.send(b"")
+            await sleep(0.2)
+        await wait_until(lambda: bob.peer.notices("closed"), 3)
+        self.assertEqual(bob.peer.notices("closed"), [{"event": "closed", "reason": "host_left"}])
+        self.assertEqual(host.peer.notices("disconnected"), [{"event": "disconnected", "reason": "timeout"}])
+        self.assertEqual(self.rooms.rooms, {})
+
+    async def test_unbound_token_expires(self) -> None:
+        """A token never used over UDP expires after the timeout."""
+        host, = await self.room("r")
+        bob = await self.member(2, "r", "bob", hello=False)
+        for _ in range(8):
+            host.send(b"")
+            await sleep(0.2)
+        self.assertNotIn(bob.token, self.rooms.tokens)
+        bob.send(wire.HELLO)
+        await wait_until(lambda: self.stats.dropped["unknown_token"] == 1)
+        self.assertEqual(bob.peer.received, [])
+
+
+class LobbyEndToEnd(ServerCase):
+    """The stage-1 lobby on its own port."""
+
+    async def test_lobby(self) -> None:
+        """Same bytes to every other address heard from; not to the sender."""
+        peers = [listen_udp("127.0.0.1") for _ in range(3)]
+        for _, port in peers:
+            self.addCleanup(port.stopListening)
+        lobby = ("127.0.0.1", self.lobby_port)
+        for i, (_, port) in enumerate(peers):
+            port.write(wire.encode_relayed(b"u%d" % i, b""), lobby)
+        await wait_until(lambda: len(self.service.lobby.clients) == 3)  # type: ignore[attr-defined]
+        data = wire.encode_relayed("ゆう".encode(), "やあ".encode())
+        peers[0][1].write(data, lobby)
+        await wait_until(lambda: peers[1][0].received and peers[2][0].received)
+        self.assertEqual(peers[1][0].received, [data])
+        self.assertEqual(peers[2][0].received, [data])
+        peers[1][1].write(wire.encode_relayed(b"u1", b"back"), lobby)
+        await wait_until(lambda: peers[0][0].received)
+        self.assertEqual(peers[0][0].received, [b"\x02u1back"])
+
+
+class ShutdownEndToEnd(ServerCase):
+    """Stopping the service tells every bound member."""
+
+    async def test_shutdown(self) -> None:
+        """closed/shutdown reaches every bound member of every room."""
+        members = await self.room("a", "bob") + await self.room("b", "carol")
+        peers: list[UDPPeer] = [m.peer for m in members]
+        await self.service.stopService()
+        await wait_until(lambda: all(p.notices("closed") for p in peers))
+        for p in peers:
+            self.assertEqual(p.notices("closed"), [{"event": "closed", "reason": "shutdown"}])

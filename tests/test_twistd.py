@@ -1,0 +1,121 @@
+"""
+The real thing: C{twistd --pidfile= -n ocm} in a subprocess, talked to over
+loopback, stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import defer, error, protocol, reactor
+from twisted.trial import unittest
+
+from ocm import wire
+from tests.helpers import listen_udp, sleep, status_of, tcrp, wait_until
+
+
+def free_port(kind: int) -> int:
+    """An ephemeral port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # type: ignore[no-any-return]
+
+
+class _Process(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred[Any] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value)
+
+
+class TwistdTests(unittest.TestCase):
+    """The plugin as an operator runs it."""
+
+    timeout = 60
+
+    def mktemp_dir(self) -> str:
+        """A fresh working directory, so no twistd.log or pid file lands in the tree."""
+        path = self.mktemp()
+        os.makedirs(path)
+        return path
+
+    def spawn(self, *args: str) -> _Process:
+        proc = _Process()
+        # The installed console script, as an operator runs it.
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        argv = [twistd, "--pidfile=", "-n", "ocm", *args]
+        transport = reactor.spawnProcess(proc, twistd, argv, env=dict(os.environ), path=self.mktemp_dir())  # type: ignore[attr-defined]
+
+        def kill() -> Any:
+            if transport.pid is not None:
+                transport.signalProcess("KILL")
+                return proc.ended
+            return None
+
+        self.addCleanup(kill)
+        self.proc_transport = transport
+        return proc
+
+    async def test_serve_and_stop(self) -> None:
+        """twistd -n ocm serves rooms; SIGTERM sends closed/shutdown before exiting."""
+        tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+        proc = self.spawn("--tcp", str(tcp), "--udp", str(udp), "--interface", "127.0.0.1")
+
+        async def ready() -> list[wire.Frame] | None:
+            try:
+                return await tcrp(tcp, 1, "r", {"username": "alice"})
+            except (error.ConnectError, ConnectionError):
+                return None
+
+        frames = None
+        for _ in range(200):
+            frames = await ready()
+            if frames:
+                break
+            await sleep(0.05)
+        self.assertTrue(frames, proc.output)
+        assert frames is not None
+        self.assertEqual(status_of(frames), {"status": 200, "udp_port": udp, "timeout": 30})
+        peer, port = listen_udp()
+        self.addCleanup(port.stopListening)
+        port.write(wire.encode_datagram(b"r", frames[1].payload, wire.HELLO), ("127.0.0.1", udp))
+        await wait_until(lambda: peer.notices("welcome"), what="welcome")
+        self.proc_transport.signalProcess(signal.SIGTERM)
+        await wait_until(lambda: peer.notices("closed"), what="shutdown notice")
+        self.assertEqual(peer.notices("closed"), [{"event": "closed", "reason": "shutdown"}])
+        reason = await proc.ended
+        # Recent twistd re-raises the signal after a clean shutdown.
+        self.assertIn(getattr(reason, "signal", None) or getattr(reason, "exitCode", None), (signal.SIGTERM, 0), proc.output.decode())
+        self.assertIn(b"Server Shut Down.", proc.output)
+        self.assertIn(b"room r created", proc.output)
+        self.assertIn(b"room r closed (shutdown)", proc.output)
+        self.assertNotIn(b"Traceback", proc.output)
+
+    async def test_busy_port_fails_loudly(self) -> None:
+        """A TCP port in use: twistd exits non-zero and says why."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            proc = self.spawn("--tcp", str(busy.getsockname()[1]), "--udp", "0", "--interface", "127.0.0.1")
+            reason = await proc.ended
+        self.assertIsInstance(reason, error.ProcessTerminated)
+        self.assertIn(b"Address already in use", proc.output)
+
+    async def test_bad_option(self) -> None:
+        """A bad value gives a usage message, not a traceback."""
+        proc = self.spawn("--timeout", "-1")
+        reason = await proc.ended
+        self.assertIsInstance(reason, error.ProcessTerminated)
+        self.assertIn(b"timeout", proc.output)
+        self.assertNotIn(b"Traceback", proc.output)

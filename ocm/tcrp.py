@@ -9,10 +9,11 @@ size checked as soon as the header arrives.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -51,6 +52,10 @@ class TCRPProtocol(Protocol):
         self._operation = 0
         self._room = b""
 
+    @property
+    def _tcp(self) -> ITCPTransport:
+        return cast(ITCPTransport, self.transport)
+
     def connectionMade(self) -> None:
         """Start the clock for the whole request."""
         self._timer = self.factory.clock.callLater(self.factory.request_timeout, self._timed_out)
@@ -70,10 +75,10 @@ class TCRPProtocol(Protocol):
         if not self._done:
             self._done = True
             log.info("TCRP request from {peer} timed out", peer=self._peer())
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self._tcp.abortConnection()
 
     def _peer(self) -> str:
-        return str(self.transport.getPeer().host)  # type: ignore[attr-defined]
+        return cast("IPv4Address | IPv6Address", self._tcp.getPeer()).host
 
     def dataReceived(self, data: bytes) -> None:
         """Buffer until one whole frame is in; ignore anything after it."""
@@ -106,8 +111,8 @@ class TCRPProtocol(Protocol):
 
     def _answer(self, frames: list[bytes]) -> None:
         if not self._lost:
-            self.transport.write(b"".join(frames))
-            self.transport.loseConnection()
+            self._tcp.write(b"".join(frames))
+            self._tcp.loseConnection()
 
     def _failed(self, failure: Failure) -> None:
         log.failure("TCRP request failed", failure)
@@ -128,7 +133,7 @@ class TCRPFactory(ServerFactory):
         reactor thread; C{deferToThread} unless a test says otherwise.
     """
 
-    protocol = TCRPProtocol
+    protocol = TCRPProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

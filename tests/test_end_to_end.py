@@ -393,3 +393,44 @@ class ShutdownEndToEnd(ServerCase):
         await wait_until(lambda: all(p.notices("closed") for p in peers))
         for p in peers:
             self.assertEqual(p.notices("closed"), [{"event": "closed", "reason": "shutdown"}])
+
+
+class IPv6EndToEnd(ServerCase):
+    """--interface :: serves IPv6 and IPv4-mapped clients with the same token/IP rules."""
+
+    server_args = ["--interface", "::"]
+
+    async def test_mapped_ipv4(self) -> None:
+        """IPv4 clients of an IPv6 socket: tokens, binding and the IP check still hold."""
+        host, bob = await self.room("r", "bob")
+        self.assertEqual(self.rooms.tokens[bob.token].ip, "127.0.0.1")
+        self.assertTrue(self.rooms.tokens[bob.token].addr[0].startswith("::ffff:"))
+        host.send(b"over v6")
+        await wait_until(lambda: bob.peer.chats() == [("host", "over v6")])
+        thief, port = listen_udp("127.0.0.2")
+        self.addCleanup(port.stopListening)
+        port.write(wire.encode_datagram(b"r", bob.token, b"spoof"), ("127.0.0.1", self.udp_port))
+        await wait_until(lambda: self.stats.dropped["wrong_ip"] == 1)
+
+    async def test_native_ipv6(self) -> None:
+        """A client on ::1 chats with one on 127.0.0.1."""
+        from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
+
+        from tests.helpers import _Collect, request_bytes
+
+        host, = await self.room("r")
+        endpoint = TCP6ClientEndpoint(reactor, "::1", self.tcp_port, timeout=5)
+        proto = _Collect()
+        await connectProtocol(endpoint, proto)
+        proto.transport.write(request_bytes(2, "r", {"username": "six"}))  # type: ignore[union-attr]
+        frames, _ = wire.decode_frames(await proto.done)
+        self.assertEqual(status_of(frames)["status"], 200)
+        token = frames[1].payload
+        self.assertEqual(self.rooms.tokens[token].ip, "::1")
+        peer = UDPPeer()
+        port = reactor.listenUDP(0, peer, interface="::1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        port.write(wire.encode_datagram(b"r", token, b"hello from six"), ("::1", self.udp_port))
+        await wait_until(lambda: host.peer.chats() == [("six", "hello from six")])
+        host.send(b"hi six")
+        await wait_until(lambda: ("host", "hi six") in peer.chats())

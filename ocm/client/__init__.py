@@ -1,0 +1,1 @@
+"""The ocm terminal client: C{python -m ocm.client}."""

@@ -1,0 +1,148 @@
+"""
+The interactive client: prompts for what the flags did not give, then a
+line editor (prompt_toolkit) that keeps the typed line intact while
+messages print above it.
+
+Why prompt_toolkit and not C{twisted.conch}'s recvline: recvline drops
+non-ASCII input (C{héllo} became C{hllo}), and Japanese users come first.
+prompt_toolkit runs on asyncio, so Twisted runs on its asyncio reactor here:
+the loop is created and set, the reactor installed on it, and the main task
+started with C{loop.create_task} (a prompt started any other way hangs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from ocm import wire
+from ocm.client import render
+from ocm.client.app import Frontend, chat, list_rooms, lobby, open_room, password_of, resolve
+from ocm.client.requests import RequestFailed
+from ocm.client.session import EXIT_ERROR, EXIT_OK
+
+
+class PromptUI(Frontend):
+    """Prints above the prompt (prompt_toolkit's patch_stdout does the redraw)."""
+
+    def out(self, line: str) -> None:
+        """Print one line above the input line."""
+        print(line, flush=True)
+
+
+def twisted(coro: Any) -> asyncio.Future[Any]:
+    """Run a Twisted-flavoured coroutine from asyncio code."""
+    from twisted.internet import defer
+
+    return defer.Deferred.fromCoroutine(coro).asFuture(asyncio.get_event_loop())
+
+
+async def ask(session: Any, question: str, default: str | None = None, password: bool = False) -> str:
+    """Ask one question; an empty answer takes the default."""
+    suffix = f" [{default}]" if default else ""
+    answer = await session.prompt_async(f"{question}{suffix}: ", is_password=password)
+    return answer.strip() if answer.strip() or default is None else default
+
+
+async def interactive(args: argparse.Namespace) -> int:
+    """Ask, connect, chat; a refusal lets the person try again."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+    from twisted.internet import reactor
+
+    prompts: Any = PromptSession()
+    try:
+        server = args.host or await ask(prompts, "server", "127.0.0.1:9000" if not args.port else "127.0.0.1")
+        host, _, port_text = server.rpartition(":") if ":" in server and not server.endswith("]") and server.count(":") == 1 else (server, "", "")
+        port = args.port or int(port_text or 9000)
+        host = await twisted(resolve(reactor, host or "127.0.0.1"))
+        name = args.name or ""
+        while not name:
+            name = await ask(prompts, "your name")
+        if args.lobby is not None:
+            ui = PromptUI()
+            return await _chat_loop(prompts, patch_stdout, ui, twisted(lobby(reactor, ui, host, args.lobby, name, args.timeout)))
+        given = password_of(args)
+        preset = (wire.OP_CREATE, args.create) if args.create else (wire.OP_JOIN, args.join) if args.join else None
+        while True:
+            if preset is None:
+                action = (await ask(prompts, "create, join or list rooms? (c/j/l)", "j")).lower()[:1]
+                if action == "l":
+                    try:
+                        for line in render.room_list(await twisted(list_rooms(reactor, host, port))):
+                            print(f"  {line}")
+                    except RequestFailed as e:
+                        print(f"* {e}")
+                    continue
+                if action not in ("c", "j"):
+                    continue
+                operation = wire.OP_CREATE if action == "c" else wire.OP_JOIN
+                room = ""
+                while not room:
+                    room = await ask(prompts, "room name")
+            else:
+                operation, room = preset
+                preset = None
+            password = given if given is not None else await ask(prompts, "password (empty for none)", "", password=True)
+            capacity = args.capacity
+            if operation == wire.OP_CREATE and capacity is None:
+                text = await ask(prompts, "capacity (empty for no limit)", "")
+                capacity = int(text) if text.isdigit() and int(text) > 0 else None
+            try:
+                reply = await twisted(open_room(reactor, host, port, operation, room, name, password, capacity))
+            except RequestFailed as e:
+                print(f"* {e}")
+                return EXIT_ERROR
+            if reply.status == 200:
+                break
+            print(f"* {render.refusal(operation, room, reply.status, reply.message)}; try again")
+            given = None
+            if reply.status == 409 and operation == wire.OP_JOIN:
+                name = ""
+                while not name:
+                    name = await ask(prompts, "another name")
+        ui = PromptUI()
+        ui.out("* type /help for commands")
+        return await _chat_loop(prompts, patch_stdout, ui, twisted(chat(reactor, ui, host, port, reply, room, name, password, args.rejoin)))
+    except (EOFError, KeyboardInterrupt):
+        return EXIT_OK
+
+
+async def _chat_loop(prompts: Any, patch_stdout: Any, ui: PromptUI, done: asyncio.Future[int]) -> int:
+    """Read lines into the session until it ends; Ctrl-D and Ctrl-C leave."""
+    with patch_stdout(raw=True):
+        while not done.done():
+            typed = asyncio.ensure_future(prompts.prompt_async("> "))
+            await asyncio.wait({typed, done}, return_when=asyncio.FIRST_COMPLETED)
+            if not typed.done():
+                typed.cancel()
+                break
+            try:
+                ui.line(typed.result())
+            except (EOFError, KeyboardInterrupt):
+                ui.end_of_input()
+                break
+        return await done
+
+
+def run_interactive(args: argparse.Namespace) -> int:
+    """Install Twisted on asyncio, run the interactive flow, return the exit code."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install(loop)
+    from twisted.internet import reactor
+
+    code = [EXIT_ERROR]
+
+    async def main() -> None:
+        try:
+            code[0] = await interactive(args)
+        finally:
+            reactor.stop()  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(lambda: loop.create_task(main()))  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return code[0]

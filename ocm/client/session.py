@@ -1,0 +1,263 @@
+"""
+The client's chat logic, apart from any terminal: the UDP session with the
+relay (hello until welcomed, keepalives, splitting, notices) and the lobby.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.protocol import DatagramProtocol
+
+from ocm import wire
+from ocm.client import render
+
+# Exit codes of python -m ocm.client (documented in the README).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_CLOSED = 4
+EXIT_DISCONNECTED = 5
+EXIT_NO_UDP = 6
+
+Address = tuple[str, int]
+Output = Callable[[str], None]
+
+
+@dataclass
+class Ending:
+    """How a session ended: the exit code, what to say, and whether a rejoin may help."""
+
+    code: int
+    message: str = ""
+    rejoinable: bool = False
+
+
+class _Session(DatagramProtocol):
+    """What the room session and the lobby session share."""
+
+    def __init__(self, clock: Any, server: Address, out: Output, keepalive: float) -> None:
+        self.clock = clock
+        self.server = server
+        self.out = out
+        self.keepalive_interval = keepalive
+        self.ended: defer.Deferred[Ending] = defer.Deferred()
+        self.last_sent = 0.0
+        self._keepalive: task.LoopingCall | None = None
+        self._leave_when_ready = False
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data, self.server)  # type: ignore[call-arg]
+            self.last_sent = self.clock.seconds()
+
+    def _start_keepalive(self) -> None:
+        self._keepalive = task.LoopingCall(self._maybe_keepalive)
+        self._keepalive.clock = self.clock
+        self._keepalive.start(self.keepalive_interval / 4, now=False)
+
+    def _maybe_keepalive(self) -> None:
+        if self.clock.seconds() - self.last_sent >= self.keepalive_interval:
+            self.send_keepalive()
+
+    def send_keepalive(self) -> None:
+        """One empty-message datagram."""
+        raise NotImplementedError
+
+    def end(self, ending: Ending) -> None:
+        """Stop the timers and report how the session ended (once)."""
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if not self.ended.called:
+            self.ended.callback(ending)
+
+    def line(self, text: str) -> None:
+        """One line of input: a command or a message."""
+        command = text.strip()
+        if command in ("/leave", "/quit"):
+            self.leave()
+        elif command == "/help":
+            for line in render.HELP:
+                self.out(line)
+        elif command == "/who":
+            self.who()
+        elif text:
+            self.say(text)
+
+    def who(self) -> None:
+        """Ask for the member list."""
+        self.out("* /who is not available here")
+
+    def say(self, text: str) -> None:
+        """Send one message."""
+        raise NotImplementedError
+
+    def leave(self) -> None:
+        """Leave and end the session."""
+        raise NotImplementedError
+
+    def leave_when_ready(self) -> None:
+        """Leave once what was typed so far has been sent (end of input)."""
+        self.leave()
+
+
+class ChatSession(_Session):
+    """
+    One member's UDP session with the room relay.
+
+    Sends C{\\x00hello} every C{hello_interval} until the welcome arrives
+    (ending with L{EXIT_NO_UDP} after C{hello_timeout}); lines typed before
+    then wait.  Keepalives go out every C{timeout}/3 of silence.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        server: Address,
+        room: str,
+        name: str,
+        token: bytes,
+        timeout: float,
+        out: Output,
+        hello_timeout: float = 5.0,
+        hello_interval: float = 0.5,
+    ) -> None:
+        super().__init__(clock, server, out, max(0.1, timeout / 3))
+        self.room = room
+        self.room_bytes = room.encode("utf-8")
+        self.name = name
+        self.token = token
+        self.header = wire.encode_datagram(self.room_bytes, token)
+        self.limit = wire.max_text(self.room_bytes, token, name.encode("utf-8"))
+        self.hello_timeout = hello_timeout
+        self.hello_interval = hello_interval
+        self.welcomed = False
+        self._waiting: list[str] = []
+        self._hello: task.LoopingCall | None = None
+        self._hello_deadline: Any = None
+
+    def startProtocol(self) -> None:
+        """Start saying hello."""
+        self._hello = task.LoopingCall(self._send, self.header + wire.HELLO)
+        self._hello.clock = self.clock
+        self._hello.start(self.hello_interval)
+        self._hello_deadline = self.clock.callLater(self.hello_timeout, self._no_reply)
+
+    def _no_reply(self) -> None:
+        host, port = self.server
+        self.end(Ending(EXIT_NO_UDP, f"no reply over UDP from {host}:{port}; is UDP blocked?"))
+
+    def _stop_hello(self) -> None:
+        if self._hello is not None and self._hello.running:
+            self._hello.stop()
+        if self._hello_deadline is not None and self._hello_deadline.active():
+            self._hello_deadline.cancel()
+
+    def end(self, ending: Ending) -> None:
+        """Stop every timer and report the ending."""
+        self._stop_hello()
+        super().end(ending)
+
+    def send_keepalive(self) -> None:
+        """An empty message: keeps the membership alive."""
+        self._send(self.header)
+
+    def say(self, text: str) -> None:
+        """Send C{text}, split at character boundaries into datagrams that fit."""
+        if not self.welcomed:
+            self._waiting.append(text)
+            return
+        for piece in wire.split_text(text, self.limit):
+            self._send(self.header + piece)
+
+    def who(self) -> None:
+        """Ask the relay for the member list."""
+        self._send(self.header + wire.WHO)
+
+    def leave(self) -> None:
+        """Tell the relay we leave; end with success."""
+        self._send(self.header + wire.LEAVE)
+        self.end(Ending(EXIT_OK))
+
+    def leave_when_ready(self) -> None:
+        """Leave now if welcomed, else right after the welcome and the waiting lines."""
+        if self.welcomed:
+            self.leave()
+        else:
+            self._leave_when_ready = True
+
+    def datagramReceived(self, data: bytes, addr: Address) -> None:
+        """A chat message or a notice from the relay."""
+        if addr[1] != self.server[1] or self.ended.called:
+            return
+        try:
+            sender, message = wire.decode_relayed(data)
+            if sender:
+                self.out(render.chat_line(sender.decode("utf-8"), message.decode("utf-8")))
+                return
+            notice = wire.decode_notice(message)
+        except (wire.WireError, UnicodeDecodeError):
+            return
+        self._notice(notice)
+
+    def _notice(self, notice: dict[str, Any]) -> None:
+        event = notice["event"]
+        if event == "welcome":
+            if not self.welcomed:
+                self.welcomed = True
+                self._stop_hello()
+                self._start_keepalive()
+                self.out(render.notice_line(notice))
+                waiting, self._waiting = self._waiting, []
+                for text in waiting:
+                    self.say(text)
+                if self._leave_when_ready:
+                    self.leave()
+            return
+        if event == "closed":
+            self.end(Ending(EXIT_CLOSED, render.notice_line(notice)))
+        elif event == "disconnected":
+            self.end(Ending(EXIT_DISCONNECTED, render.notice_line(notice), rejoinable=True))
+        else:
+            self.out(render.notice_line(notice))
+
+
+class LobbySession(_Session):
+    """A client of the stage-1 open lobby: no rooms, no tokens, no welcome."""
+
+    def __init__(self, clock: Any, server: Address, name: str, out: Output, timeout: float = 30.0) -> None:
+        super().__init__(clock, server, out, max(0.1, timeout / 3))
+        self.prefix = wire.sender_prefix(name.encode("utf-8"))
+        self.limit = wire.MAX_DATAGRAM - len(self.prefix)
+
+    def startProtocol(self) -> None:
+        """Make ourselves heard (a keepalive) and keep it up."""
+        self.send_keepalive()
+        self._start_keepalive()
+        host, port = self.server
+        self.out(f"* in the lobby at {host}:{port}")
+
+    def send_keepalive(self) -> None:
+        """An empty message."""
+        self._send(self.prefix)
+
+    def say(self, text: str) -> None:
+        """Send C{text}, split to fit."""
+        for piece in wire.split_text(text, self.limit):
+            self._send(self.prefix + piece)
+
+    def leave(self) -> None:
+        """The lobby has no leave message: just stop."""
+        self.end(Ending(EXIT_OK))
+
+    def datagramReceived(self, data: bytes, addr: Address) -> None:
+        """Someone in the lobby said something."""
+        try:
+            sender, message = wire.decode_relayed(data, wire.MAX_DATAGRAM)
+            self.out(render.chat_line(sender.decode("utf-8"), message.decode("utf-8")))
+        except (wire.WireError, UnicodeDecodeError):
+            return

@@ -282,8 +282,12 @@ def run_scripted(args: argparse.Namespace) -> int:
                 timer.cancel()
             reactor.stop()  # type: ignore[attr-defined]
 
+    def crashed(failure: Any) -> None:
+        failure.printTraceback(file=sys.stderr)
+
     def start() -> None:
-        defer.Deferred.fromCoroutine(main()).addErrback(lambda f: (f.printTraceback(file=sys.stderr), reactor.stop()))  # type: ignore[attr-defined]
+        # main() stops the reactor whatever happens; a bug is still shown.
+        defer.Deferred.fromCoroutine(main()).addErrback(crashed)
 
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from twisted.internet.protocol import DatagramProtocol
 
 from ocm import wire
 from ocm.rooms import MAX_SEND_FAILURES, Address
-from ocm.sending import is_overload, sendto_of
+from ocm.sending import enlarge_receive_buffer, is_overload, sendto_of
 from ocm.stats import Stats
 
 
@@ -33,8 +33,9 @@ class LobbyProtocol(DatagramProtocol):
         self._sendto: Any = None
 
     def startProtocol(self) -> None:
-        """Pick the send path once the port exists."""
+        """Pick the send path once the port exists; enlarge its receive buffer."""
         self._sendto = sendto_of(self.transport)
+        enlarge_receive_buffer(self.transport)
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         """Check one lobby datagram and relay it."""

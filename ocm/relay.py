@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from ocm import wire
 from ocm.rooms import Address, Member, Rooms, Sends, normalise_ip
-from ocm.sending import is_overload, send_all, sendto_of
+from ocm.sending import enlarge_receive_buffer, is_overload, send_all, sendto_of
 
 log = Logger()
 
@@ -37,8 +37,9 @@ class RelayProtocol(DatagramProtocol):
         self._sendto: Any = None
 
     def startProtocol(self) -> None:
-        """Pick the send path once the port exists."""
+        """Pick the send path once the port exists; enlarge its receive buffer."""
         self._sendto = sendto_of(self.transport)
+        enlarge_receive_buffer(self.transport)
 
     def send_all(self, sends: Sends) -> None:
         """Write notices returned by the rooms service."""

@@ -434,3 +434,17 @@ class IPv6EndToEnd(ServerCase):
         await wait_until(lambda: host.peer.chats() == [("six", "hello from six")])
         host.send(b"hi six")
         await wait_until(lambda: ("host", "hi six") in peer.chats())
+
+
+class SocketTests(ServerCase):
+    """The relay's socket set-up."""
+
+    def test_receive_buffer(self) -> None:
+        """The relay asks for a receive buffer larger than Linux's 208 KiB default."""
+        import socket
+
+        sock = self.service.getServiceNamed("udp")._port.socket  # type: ignore[attr-defined]
+        with open("/proc/sys/net/core/rmem_max") as f:
+            cap = int(f.read())
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.assertGreaterEqual(granted, min(2 * cap, 2 * 4 * 1024 * 1024) - 1)

@@ -39,11 +39,13 @@ def sendto_of(transport: Any) -> Callable[[bytes, Address], Any]:
     return transport.write  # type: ignore[no-any-return]
 
 
-# Receive buffer asked of the kernel for the UDP ports: about 10 ms of a
-# busy relay's input (15,000 datagrams/s of ~100 bytes, ~1 KiB of kernel
-# overhead each), so that a pause (a sweep, a GC pass, a TCRP burst) delays
-# datagrams instead of dropping them.  Linux caps it at net.core.rmem_max.
-RECEIVE_BUFFER = 4 * 1024 * 1024
+# Receive buffer asked of the kernel for the UDP ports (Linux doubles it and
+# caps it at net.core.rmem_max): room for about 1,500 small datagrams, 100 ms
+# of a busy relay's input, so that a short pause (a sweep, a GC pass, a TCRP
+# burst) delays datagrams instead of dropping them.  Larger would turn a
+# sustained overload into seconds of latency (measured with 4 MiB); real-time
+# delivery matters more than reliability, so beyond this the kernel drops.
+RECEIVE_BUFFER = 1024 * 1024
 
 
 def enlarge_receive_buffer(transport: Any, size: int = RECEIVE_BUFFER) -> int:

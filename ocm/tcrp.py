@@ -21,12 +21,17 @@ from twisted.python.failure import Failure
 
 from ocm import wire
 from ocm.limits import TokenBuckets
-from ocm.passwords import hash_password, verify_password
+from ocm.passwords import at_low_priority, hash_password, verify_password
 from ocm.rooms import Member, RoomError, Rooms, normalise_ip
 
 log = Logger()
 
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
+
+
+def in_worker_thread(function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    """Run slow work (password hashing) in a low-priority worker thread."""
+    return deferToThread(at_low_priority, function, *args)
 
 
 class ClientGone(Exception):
@@ -130,7 +135,7 @@ class TCRPFactory(ServerFactory):
 
     @ivar udp_port: returns the relay's port, for the 200 response.
     @ivar run_blocking: runs a slow function (password hashing) off the
-        reactor thread; C{deferToThread} unless a test says otherwise.
+        reactor thread, at low priority, unless a test says otherwise.
     """
 
     protocol = TCRPProtocol  # type: ignore[assignment]
@@ -142,7 +147,7 @@ class TCRPFactory(ServerFactory):
         clock: IReactorTime,
         max_payload: int = 64 * 1024,
         request_timeout: float = 5.0,
-        run_blocking: RunBlocking = deferToThread,
+        run_blocking: RunBlocking = in_worker_thread,
         request_rate: float = 200.0,
         request_burst: float = 400.0,
         password_tries: int = 5,

@@ -271,3 +271,26 @@ class TokenBucketTests(unittest.TestCase):
         self.assertEqual(len(buckets), 3)
         buckets.allow("d", 10)
         self.assertEqual(len(buckets), 1)
+
+
+class LowPriorityTests(unittest.TestCase):
+    """Password hashing runs at low priority in its worker thread."""
+
+    def test_niced_in_thread(self) -> None:
+        """The worker thread ends up at nice 19; the calling thread is untouched."""
+        import os
+        import threading
+
+        from ocm.passwords import at_low_priority
+
+        seen = []
+
+        def work() -> None:
+            seen.append(at_low_priority(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join(10)
+        self.assertEqual(seen, [19])
+        self.assertEqual(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), before)

@@ -1,0 +1,37 @@
+"""
+The benchmarks in bench/ still run (tiny sizes; no timing is asserted: the
+figures are reported, not tested).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from twisted.trial import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*argv: str) -> str:
+    """Run a bench script; its standard output."""
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout
+
+
+class BenchSmokeTests(unittest.TestCase):
+    """Each benchmark runs and reports its figure."""
+
+    def test_relay_bench(self) -> None:
+        """The in-process relay benchmark relays every message to every other member."""
+        out = run("bench/relay_bench.py", "--rooms", "2", "--members", "3", "--messages", "60")
+        self.assertIn("120 relayed", out)
+        self.assertRegex(out, r"[\d.]+ us CPU per relayed datagram")
+
+    def test_memory(self) -> None:
+        """The memory benchmark reports bytes per member."""
+        out = run("bench/memory.py", "--members", "200")
+        match = re.search(r"200 members in 20 rooms: .* (\d+) bytes per member", out)
+        self.assertIsNotNone(match, out)

@@ -64,6 +64,7 @@ class Options(usage.Options):
         ["request-rate", None, 200.0, "TCRP requests per second from one IP (429 beyond).", positive_float],
         ["request-burst", None, 400, "TCRP requests one IP may make at once above --request-rate.", positive_int],
         ["password-tries", None, 5, "Wrong passwords per minute from one IP for one room (429 beyond).", positive_int],
+        ["max-connections-per-ip", None, 100, "Open TCRP connections one IP may hold (429 beyond).", positive_int],
     ]
 
     def postOptions(self) -> None:
@@ -147,6 +148,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         request_rate=config["request-rate"],
         request_burst=config["request-burst"],
         password_tries=config["password-tries"],
+        max_connections_per_ip=config["max-connections-per-ip"],
     )
     top.tcrp = factory  # type: ignore[attr-defined]
     tcp = internet.TCPServer(config["tcp"], factory, interface=config["interface"])

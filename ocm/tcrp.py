@@ -56,19 +56,30 @@ class TCRPProtocol(Protocol):
         self._timer: IDelayedCall | None = None
         self._operation = 0
         self._room = b""
+        self._ip = ""
+        self._counted = False
 
     @property
     def _tcp(self) -> ITCPTransport:
         return cast(ITCPTransport, self.transport)
 
     def connectionMade(self) -> None:
-        """Start the clock for the whole request."""
+        """Count the connection against its IP; start the clock for the whole request."""
+        self._ip = normalise_ip(self._peer())
+        if not self.factory.connection_opened(self._ip):
+            self._counted = False
+            self._error(429, "too many connections from this address")
+            return
+        self._counted = True
         self._timer = self.factory.clock.callLater(self.factory.request_timeout, self._timed_out)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Forget the timer; a pending password check will not be answered."""
         self._lost = True
         self._cancel_timer()
+        if self._counted:
+            self._counted = False
+            self.factory.connection_closed(self._ip)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -151,6 +162,7 @@ class TCRPFactory(ServerFactory):
         request_rate: float = 200.0,
         request_burst: float = 400.0,
         password_tries: int = 5,
+        max_connections_per_ip: int = 100,
     ) -> None:
         self.rooms = rooms
         self.udp_port = udp_port
@@ -162,6 +174,26 @@ class TCRPFactory(ServerFactory):
         self.requests = TokenBuckets(request_rate, request_burst)
         #: Wrong passwords for one room from one IP: C{password_tries} a minute.
         self.guesses = TokenBuckets(password_tries / 60.0, password_tries)
+        #: Open connections by IP, and the most one IP may hold (429 beyond).
+        self.connections: dict[str, int] = {}
+        self.max_connections_per_ip = max_connections_per_ip
+
+    def connection_opened(self, ip: str) -> bool:
+        """Count a new connection from C{ip}; False if it is one too many."""
+        count = self.connections.get(ip, 0)
+        if count >= self.max_connections_per_ip:
+            self.rooms.stats.requests[(0, 429)] += 1
+            return False
+        self.connections[ip] = count + 1
+        return True
+
+    def connection_closed(self, ip: str) -> None:
+        """A counted connection from C{ip} is gone."""
+        count = self.connections.get(ip, 0) - 1
+        if count > 0:
+            self.connections[ip] = count
+        else:
+            self.connections.pop(ip, None)
 
     def handle(self, frame: wire.Frame, peer: str, wanted: Callable[[], bool] = lambda: True) -> defer.Deferred[list[bytes]]:
         """

@@ -146,6 +146,27 @@ class TCRPEndToEnd(ServerCase):
         statuses = [(await self.request(3, ""))[0]["status"] for _ in range(3)]
         self.assertEqual(statuses, [200, 200, 429])
 
+    async def test_connection_cap(self) -> None:
+        """Idle connections from one IP beyond the cap get 429; others are served; counts return to zero."""
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        from tests.helpers import _Collect
+
+        self.service.tcrp.max_connections_per_ip = 5  # type: ignore[attr-defined]
+        idle = []
+        for _ in range(5):
+            proto = _Collect()
+            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.tcp_port, bindAddress=("127.0.0.2", 0)), proto)
+            idle.append(proto)
+        await wait_until(lambda: self.service.tcrp.connections.get("127.0.0.2") == 5)  # type: ignore[attr-defined]
+        frames, _ = wire.decode_frames(await tcrp_raw(self.tcp_port, b"", source="127.0.0.2"))
+        self.assertEqual(status_of(frames)["status"], 429)
+        self.assertEqual((await self.request(3, ""))[0]["status"], 200)
+        for proto in idle:
+            proto.transport.loseConnection()  # type: ignore[union-attr]
+            await proto.done
+        await wait_until(lambda: self.service.tcrp.connections == {})  # type: ignore[attr-defined]
+
     async def test_bad_frame(self) -> None:
         """Garbage gets a 400 and a closed connection."""
         data = bytes((0, 9, 0)) + (3).to_bytes(29, "big") + b"xyz"

@@ -158,6 +158,21 @@ class TCRPTests(unittest.TestCase):
         frames, _ = self.request(request_bytes(2, "r", {"username": "b", "password": "pw"}))
         self.assertEqual(self.status(frames)["status"], 200)
 
+    def test_429_connections(self) -> None:
+        """Too many open connections from one IP: 429 at once; closing one frees a place."""
+        self.factory.max_connections_per_ip = 2
+        first, _ = self.connect()
+        self.connect()
+        frames = wire.decode_frames(self.connect()[1].value())[0]
+        self.assertEqual(self.status(frames)["status"], 429)
+        self.assertEqual(self.status(self.request(request_bytes(3, ""), host="127.0.0.2")[0])["status"], 200)
+        first.connectionLost(None)
+        self.assertEqual(self.status(self.request(request_bytes(3, ""))[0])["status"], 200)
+        # StringTransport.loseConnection does not call connectionLost: the
+        # answered connections are still open here (the real-socket test
+        # checks that the counts return to zero).
+        self.assertEqual(self.factory.connections, {"127.0.0.1": 2, "127.0.0.2": 1})
+
     def test_503(self) -> None:
         """Room full, and the server's limits."""
         self.create(capacity=1)

@@ -11,7 +11,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ocm import wire
-from ocm.rooms import Address, Member, Rooms, Sends, normalise_ip
+from ocm.rooms import Address, Member, Rooms, Sends, normalise_ip_cached
 from ocm.sending import enlarge_receive_buffer, is_overload, send_all, sendto_of
 
 log = Logger()
@@ -20,6 +20,20 @@ log = Logger()
 # arrives longer than 4096 bytes (and is dropped) instead of being cut to a
 # legal-looking 4096 by recvfrom.
 LISTEN_SIZE = wire.MAX_DATAGRAM + 1024
+
+
+def same_ip(source: str, issued: str) -> bool:
+    """
+    Whether a datagram's source IP is the (normalised) IP a token was issued
+    to.  On the drop path of a spoofing flood, so cheap first: a dotted quad
+    from an IPv4 socket's recvfrom is already in normal form; only IPv6 text
+    (IPv4-mapped, or another spelling) is parsed, through a bounded cache.
+    """
+    if source == issued:
+        return True
+    if ":" not in source:
+        return False
+    return normalise_ip_cached(source) == issued
 
 
 class RelayProtocol(DatagramProtocol):
@@ -33,6 +47,7 @@ class RelayProtocol(DatagramProtocol):
     def __init__(self, rooms: Rooms, clock: IReactorTime) -> None:
         self.rooms = rooms
         self.stats = rooms.stats
+        self.dropped = rooms.stats.dropped
         self.clock = clock
         self._sendto: Any = None
 
@@ -49,39 +64,39 @@ class RelayProtocol(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Address) -> None:  # noqa: C901
         """Check one datagram (SPEC section 2) and act on it."""
         stats = self.stats
+        dropped = self.dropped
         stats.received += 1
         size = len(data)
         if size > wire.MAX_DATAGRAM:
-            stats.drop("oversize")
+            dropped["oversize"] += 1
             return
         if size < 2:
-            stats.drop("malformed")
+            dropped["malformed"] += 1
             return
         r = data[0]
         start = 2 + r + data[1]
         if size < start:
-            stats.drop("malformed")
+            dropped["malformed"] += 1
             return
         member = self.rooms.tokens.get(data[2 + r : start])
         if member is None:
-            stats.drop("unknown_token")
+            dropped["unknown_token"] += 1
             return
         room = member.room
         if data[2 : 2 + r] != room.name_bytes:
-            stats.drop("wrong_room")
+            dropped["wrong_room"] += 1
             return
-        now = self.clock.seconds()
         bound_now = False
         if member.addr != addr:
-            if normalise_ip(addr[0]) != member.ip:
-                stats.drop("wrong_ip")
+            if not same_ip(addr[0], member.ip):
+                dropped["wrong_ip"] += 1
                 return
             if member.addr is not None:
-                stats.drop("wrong_port")
+                dropped["wrong_port"] += 1
                 return
-            self.send_all(self.rooms.bind(member, addr, now))
+            self.send_all(self.rooms.bind(member, addr, self.clock.seconds()))
             bound_now = True
-        member.last_seen = now
+        member.last_seen = now = self.clock.seconds()
         member.failures = 0
         message = data[start:]
         if not message:
@@ -92,15 +107,15 @@ class RelayProtocol(DatagramProtocol):
         try:
             message.decode("utf-8")
         except UnicodeDecodeError:
-            stats.drop("bad_utf8")
+            dropped["bad_utf8"] += 1
             return
         if not self.rooms.allow_message(member, now):
-            stats.drop("rate_limited")
+            dropped["rate_limited"] += 1
             self.send_all(self.rooms.rate_limited_notice(member, now))
             return
         out = member.prefix + message
         if len(out) > wire.MAX_RELAYED:
-            stats.drop("too_long")
+            dropped["too_long"] += 1
             self.send_all([(wire.encode_notice("error", code="too_long"), addr)])
             return
         self._fan_out(member, out)

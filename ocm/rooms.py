@@ -8,6 +8,7 @@ C{(data, address)} pairs for the caller to write.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import secrets
 from collections.abc import Callable
@@ -49,6 +50,12 @@ def normalise_ip(host: str) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
+
+
+@functools.lru_cache(maxsize=65536)
+def normalise_ip_cached(host: str) -> str:
+    """L{normalise_ip}, remembered (for the relay's hot path; bounded)."""
+    return normalise_ip(host)
 
 
 def new_token() -> bytes:

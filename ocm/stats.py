@@ -37,7 +37,10 @@ class Stats:
         self.notices = 0
         self.send_errors = 0
         self.send_overload = 0
-        self.dropped: Counter[str] = Counter()
+        #: Drops by reason: a plain dict with every reason present, so the
+        #: relay's drop path is one C-level increment (a Counter's Python
+        #: machinery cost 14% of the server under a junk flood).
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.removed: Counter[str] = Counter()
         self.requests: Counter[tuple[int, int]] = Counter()
         self.lobby_received = 0

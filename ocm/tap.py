@@ -16,6 +16,7 @@ from ocm.relay import LISTEN_SIZE, RelayProtocol
 from ocm.rooms import Rooms
 from ocm.stats import Stats
 from ocm.tcrp import TCRPFactory
+from ocm.udpport import FastUDPServer
 
 log = Logger()
 
@@ -132,7 +133,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
     top.rooms = rooms  # type: ignore[attr-defined]
     top.relay = relay  # type: ignore[attr-defined]
 
-    udp = internet.UDPServer(config["udp"], relay, interface=config["interface"], maxPacketSize=LISTEN_SIZE)
+    udp = FastUDPServer(config["udp"], relay, interface=config["interface"], maxPacketSize=LISTEN_SIZE)
     udp.setName("udp")
     udp.setServiceParent(top)
 
@@ -159,7 +160,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
     if config["lobby"] is not None:
         lobby = LobbyProtocol(stats, reactor, timeout=config["timeout"])
         top.lobby = lobby  # type: ignore[attr-defined]
-        lobby_service = internet.UDPServer(
+        lobby_service = FastUDPServer(
             config["lobby"], lobby, interface=config["interface"], maxPacketSize=LISTEN_SIZE
         )
         lobby_service.setName("lobby")

@@ -289,3 +289,50 @@ class LobbyTests(unittest.TestCase):
             self.lobby.datagramReceived(b"\x01ahi", A)
         self.assertNotIn(B, self.lobby.clients)
         self.assertEqual(self.transport.to(C), [b"\x01ahi"] * MAX_SEND_FAILURES)
+
+
+class SameIPTests(unittest.TestCase):
+    """The relay's source-IP check."""
+
+    def test_same_ip(self) -> None:
+        """Equal strings, IPv4-mapped IPv6, and other spellings of the same IPv6."""
+        from ocm.relay import same_ip
+
+        self.assertTrue(same_ip("127.0.0.1", "127.0.0.1"))
+        self.assertFalse(same_ip("127.0.0.2", "127.0.0.1"))
+        self.assertTrue(same_ip("::ffff:127.0.0.1", "127.0.0.1"))
+        self.assertFalse(same_ip("::ffff:127.0.0.2", "127.0.0.1"))
+        self.assertTrue(same_ip("0:0::1", "::1"))
+        self.assertFalse(same_ip("::2", "::1"))
+
+
+class FastPortTests(unittest.TestCase):
+    """L{ocm.udpport.FastPort} on a real socket."""
+
+    def test_reads_and_survives_handler_errors(self) -> None:
+        """Every datagram reaches the protocol; one that makes it raise is logged, the rest still arrive."""
+        import socket
+
+        from twisted.internet import reactor
+        from twisted.internet.protocol import DatagramProtocol
+
+        from ocm.udpport import FastPort
+
+        got: list[bytes] = []
+
+        class Proto(DatagramProtocol):
+            def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+                if data == b"boom":
+                    raise RuntimeError("boom")
+                got.append(data)
+
+        port = FastPort(0, Proto(), interface="127.0.0.1", reactor=reactor)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for data in (b"a", b"boom", b"b"):
+                s.sendto(data, ("127.0.0.1", port.getHost().port))
+        port.doRead()
+        self.assertEqual(got, [b"a", b"b"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        port.doRead()  # nothing left: returns quietly

@@ -10,6 +10,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from ocm.tap import GuardedCall, Options, makeService, sweep_interval
+from ocm.udpport import FastUDPServer
 
 
 class OptionsTests(unittest.TestCase):
@@ -58,7 +59,8 @@ class ServiceTests(unittest.TestCase):
         options.parseOptions(["--tcp", "0", "--udp", "0"])
         top = makeService(options, Clock())
         kinds = [type(s) for s in top]
-        self.assertEqual(kinds[:3], [internet.UDPServer, internet.TCPServer, internet.TimerService])
+        self.assertEqual(kinds[:3], [FastUDPServer, internet.TCPServer, internet.TimerService])
+        self.assertTrue(issubclass(FastUDPServer, internet.UDPServer))
         self.assertEqual(type(list(top)[-1]).__name__, "ShutdownNotices")
         timer = top.getServiceNamed("sweep")
         self.assertEqual(timer.step, 1.0)  # type: ignore[attr-defined]

@@ -65,6 +65,8 @@ class Options(usage.Options):
         ["request-rate", None, 200.0, "TCRP requests per second from one IP (429 beyond).", positive_float],
         ["request-burst", None, 400, "TCRP requests one IP may make at once above --request-rate.", positive_int],
         ["password-tries", None, 5, "Wrong passwords per minute from one IP for one room (429 beyond).", positive_int],
+        ["metrics", None, None, "TCP port for Prometheus metrics at /metrics (off unless given).", usage.portCoerce],
+        ["metrics-interface", None, "127.0.0.1", "Address the metrics port listens on."],
         ["max-connections-per-ip", None, 100, "Open TCRP connections one IP may hold (429 beyond).", positive_int],
     ]
 
@@ -157,6 +159,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
     tcp.setServiceParent(top)
 
     timers = [GuardedCall(relay.sweep, "room expiry")]
+    lobby = None
     if config["lobby"] is not None:
         lobby = LobbyProtocol(stats, reactor, timeout=config["timeout"])
         top.lobby = lobby  # type: ignore[attr-defined]
@@ -166,6 +169,13 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         lobby_service.setName("lobby")
         lobby_service.setServiceParent(top)
         timers.append(GuardedCall(lobby.sweep, "lobby expiry"))
+
+    if config["metrics"] is not None:
+        from ocm.metrics import metrics_site
+
+        metrics = internet.TCPServer(config["metrics"], metrics_site(stats, rooms, lobby), interface=config["metrics-interface"])
+        metrics.setName("metrics")
+        metrics.setServiceParent(top)
 
     def sweep() -> None:
         for timer in timers:

@@ -469,3 +469,55 @@ class SocketTests(ServerCase):
             cap = int(f.read())
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.assertGreaterEqual(granted, min(2 * cap, 2 * 1024 * 1024))
+
+
+class MetricsEndToEnd(ServerCase):
+    """--metrics serves /metrics; the counters move by the right amounts."""
+
+    server_args = ["--metrics", "0"]
+
+    async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        from prometheus_client.parser import text_string_to_metric_families
+        from twisted.web.client import Agent, readBody
+
+        port = self.service.getServiceNamed("metrics")._port.getHost().port  # type: ignore[attr-defined]
+        response = await Agent(reactor).request(b"GET", b"http://127.0.0.1:%d/metrics" % port)
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"text/plain", response.headers.getRawHeaders(b"content-type")[0])
+        text = (await readBody(response)).decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+    async def test_counts(self) -> None:
+        """Rooms, members, requests, relayed, dropped, removed: after real traffic."""
+        before = await self.scrape()
+        self.assertEqual(before[("ocm_rooms", ())], 0)
+        host, bob, carol = await self.room("r", "bob", "carol", password="pw")
+        await self.request(2, "r", username="dave", password="nope")
+        host.send(b"one")
+        host.send(b"two")
+        await wait_until(lambda: len(bob.peer.chats()) == 2 and len(carol.peer.chats()) == 2)
+        junk, port = listen_udp()
+        self.addCleanup(port.stopListening)
+        port.write(wire.encode_datagram(b"r", b"0" * 32, b"x"), ("127.0.0.1", self.udp_port))
+        await wait_until(lambda: self.stats.dropped["unknown_token"] == 1)
+        carol.send(wire.LEAVE)
+        await wait_until(lambda: bob.peer.notices("leave"))
+        after = await self.scrape()
+        self.assertEqual(after[("ocm_rooms", ())], 1)
+        self.assertEqual(after[("ocm_members", ())], 2)
+        self.assertEqual(after[("ocm_members_bound", ())], 2)
+        self.assertEqual(after[("ocm_tcrp_requests_total", (("operation", "create"), ("status", "200")))], 1)
+        self.assertEqual(after[("ocm_tcrp_requests_total", (("operation", "join"), ("status", "200")))], 2)
+        self.assertEqual(after[("ocm_tcrp_requests_total", (("operation", "join"), ("status", "401")))], 1)
+        self.assertEqual(after[("ocm_datagrams_relayed_total", ())], 4)
+        self.assertEqual(after[("ocm_datagrams_dropped_total", (("reason", "unknown_token"),))], 1)
+        self.assertEqual(after[("ocm_datagrams_dropped_total", (("reason", "wrong_ip"),))], 0)
+        self.assertEqual(after[("ocm_members_removed_total", (("reason", "left"),))], 1)
+        # In: 3 hellos (more if one was retried), 2 chats, the junk, the leave.
+        self.assertGreaterEqual(after[("ocm_datagrams_received_total", ())], 3 + 2 + 1 + 1)
+        # Out: 3 welcomes, 3 join notices (bob's to host, carol's to host and bob), 2 leave notices.
+        self.assertGreaterEqual(after[("ocm_notices_sent_total", ())], 3 + 3 + 2)
+
+    async def test_metrics_on_loopback_only_by_default(self) -> None:
+        """The metrics port listens on 127.0.0.1 unless told otherwise."""
+        self.assertEqual(self.service.getServiceNamed("metrics")._port.getHost().host, "127.0.0.1")  # type: ignore[attr-defined]

@@ -51,10 +51,13 @@ class TwistdTests(unittest.TestCase):
         return path
 
     def spawn(self, *args: str) -> _Process:
+        return self.spawn_raw("-n", "ocm", *args)
+
+    def spawn_raw(self, *args: str) -> _Process:
         proc = _Process()
         # The installed console script, as an operator runs it.
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        argv = [twistd, "--pidfile=", "-n", "ocm", *args]
+        argv = [twistd, "--pidfile=", *args]
         transport = reactor.spawnProcess(proc, twistd, argv, env=dict(os.environ), path=self.mktemp_dir())  # type: ignore[attr-defined]
 
         def kill() -> Any:
@@ -101,6 +104,32 @@ class TwistdTests(unittest.TestCase):
         self.assertIn(b"room r created", proc.output)
         self.assertIn(b"room r closed (shutdown)", proc.output)
         self.assertNotIn(b"Traceback", proc.output)
+
+    async def test_json_logs(self) -> None:
+        """--logger=ocm.logs.json_lines: one JSON object a line, with the event's fields; no token."""
+        import json
+
+        tcp = free_port(socket.SOCK_STREAM)
+        proc = self.spawn_raw("--logger=ocm.logs.json_lines", "-n", "ocm", "--tcp", str(tcp), "--udp", "0", "--interface", "127.0.0.1")
+        frames = None
+        for _ in range(200):
+            try:
+                frames = await tcrp(tcp, 1, "ルーム", {"username": "alice", "password": "hunter2"})
+                break
+            except (error.ConnectError, ConnectionError):
+                await sleep(0.05)
+        assert frames is not None
+        await tcrp(tcp, 2, "ルーム", {"username": "bob", "password": "wrong"})
+        await wait_until(lambda: b"refused" in proc.output, what="the refusal logged")
+        self.proc_transport.signalProcess(signal.SIGTERM)
+        await proc.ended
+        records = [json.loads(line) for line in proc.output.decode().splitlines() if line.strip()]
+        created = [r for r in records if r.get("log_format", "").startswith("room {room} created")]
+        self.assertEqual([(r["room"], r["user"]) for r in created], [("ルーム", "alice")])
+        refused = [r for r in records if "refused" in r.get("log_format", "")]
+        self.assertEqual([r["status"] for r in refused], [401])
+        self.assertNotIn(b"hunter2", proc.output)
+        self.assertNotIn(frames[1].payload, proc.output)
 
     async def test_busy_port_fails_loudly(self) -> None:
         """A TCP port in use: twistd exits non-zero and says why."""

@@ -40,8 +40,8 @@ from load import Chat, tcrp  # noqa: E402
 from ocm import wire  # noqa: E402
 
 
-def blast(host: str, port: int, headers: list[bytes], duration: float, counter: multiprocessing.Value) -> None:  # type: ignore[valid-type]
-    """Send junk as fast as one process can, for C{duration} seconds."""
+def blast(host: str, port: int, headers: list[bytes], duration: float, counter: multiprocessing.Value, rate: float = 0) -> None:  # type: ignore[valid-type]
+    """Send junk as fast as one process can (or at C{rate}/s), for C{duration} seconds."""
     strangers = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     strangers.bind(("127.0.0.2", 0))
     local = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -51,8 +51,12 @@ def blast(host: str, port: int, headers: list[bytes], duration: float, counter: 
     junk = [os.urandom(random.randrange(0, 600)) for _ in range(64)]
     junk += [wire.encode_datagram(random.choice(rooms), os.urandom(16).hex().encode(), b"spam") for _ in range(64)]
     sent = 0
-    end = time.perf_counter() + duration
+    begin = time.perf_counter()
+    end = begin + duration
     while time.perf_counter() < end:
+        if rate and sent > rate * (time.perf_counter() - begin):
+            time.sleep(0.001)
+            continue
         for i in range(256):
             try:
                 local.sendto(junk[i % len(junk)], target)
@@ -68,7 +72,7 @@ def flood(args: argparse.Namespace) -> bool:
     chat = Chat(args.host, args.port, 5, 10, prefix="flood")
     chat.bind()
     counter = multiprocessing.Value("q", 0)
-    blaster = multiprocessing.Process(target=blast, args=(args.host, chat.udp[1], [h for _, h in chat.members], args.duration + 1, counter))
+    blaster = multiprocessing.Process(target=blast, args=(args.host, chat.udp[1], [h for _, h in chat.members], args.duration + 1, counter, args.junk_rate))
     blaster.start()
     time.sleep(0.5)
     result = chat.traffic(2.0, args.duration)
@@ -217,6 +221,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--duration", type=float, default=30)
     parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--junk-rate", type=float, default=0, help="flood: junk datagrams/s (default: as fast as possible)")
     parser.add_argument("--server-pid", type=int, default=0)
     parser.add_argument("--settle", type=float, default=6.0, help="churn: seconds to wait for timeouts before counting")
     args = parser.parse_args()

@@ -176,3 +176,55 @@ def listen_udp(source: str = "127.0.0.1") -> tuple[UDPPeer, Any]:
     peer = UDPPeer()
     port = reactor.listenUDP(0, peer, interface=source)  # type: ignore[attr-defined]
     return peer, port
+
+
+# twistd as a subprocess
+
+
+def free_port(kind: int) -> int:
+    """An ephemeral port that was free a moment ago."""
+    import socket
+
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # type: ignore[no-any-return]
+
+
+class TwistdProcess(protocol.ProcessProtocol):
+    """A twistd subprocess: its output, and a Deferred for its end."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred[Any] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value)
+
+
+def spawn_twistd(case: Any, *args: str) -> TwistdProcess:
+    """
+    Run the installed C{twistd --pidfile= ARGS} (as an operator runs it) in
+    a fresh directory; killed at the end of C{case} if still running.
+    """
+    import os
+    import sys
+
+    path = case.mktemp()
+    os.makedirs(path)
+    proc = TwistdProcess()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    transport = reactor.spawnProcess(proc, twistd, [twistd, "--pidfile=", *args], env=dict(os.environ), path=path)  # type: ignore[attr-defined]
+
+    def kill() -> Any:
+        if transport.pid is not None:
+            transport.signalProcess("KILL")
+            return proc.ended
+        return None
+
+    case.addCleanup(kill)
+    return proc

@@ -5,38 +5,14 @@ loopback, stopped with SIGTERM.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import sys
-from typing import Any
 
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import error
 from twisted.trial import unittest
 
 from ocm import wire
-from tests.helpers import listen_udp, sleep, status_of, tcrp, wait_until
-
-
-def free_port(kind: int) -> int:
-    """An ephemeral port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # type: ignore[no-any-return]
-
-
-class _Process(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: defer.Deferred[Any] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value)
+from tests.helpers import TwistdProcess, free_port, listen_udp, sleep, spawn_twistd, status_of, tcrp, wait_until
 
 
 class TwistdTests(unittest.TestCase):
@@ -44,30 +20,12 @@ class TwistdTests(unittest.TestCase):
 
     timeout = 60
 
-    def mktemp_dir(self) -> str:
-        """A fresh working directory, so no twistd.log or pid file lands in the tree."""
-        path = self.mktemp()
-        os.makedirs(path)
-        return path
-
-    def spawn(self, *args: str) -> _Process:
+    def spawn(self, *args: str) -> TwistdProcess:
         return self.spawn_raw("-n", "ocm", *args)
 
-    def spawn_raw(self, *args: str) -> _Process:
-        proc = _Process()
-        # The installed console script, as an operator runs it.
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        argv = [twistd, "--pidfile=", *args]
-        transport = reactor.spawnProcess(proc, twistd, argv, env=dict(os.environ), path=self.mktemp_dir())  # type: ignore[attr-defined]
-
-        def kill() -> Any:
-            if transport.pid is not None:
-                transport.signalProcess("KILL")
-                return proc.ended
-            return None
-
-        self.addCleanup(kill)
-        self.proc_transport = transport
+    def spawn_raw(self, *args: str) -> TwistdProcess:
+        proc = spawn_twistd(self, *args)
+        self.proc_transport = proc.transport
         return proc
 
     async def test_serve_and_stop(self) -> None:

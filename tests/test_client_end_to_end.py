@@ -162,6 +162,17 @@ class ScriptedTests(ClientCase):
         self.assertEqual(bob.lines[-1], "* room closed: the host left")
         self.assertEqual(await self.ended(alice), EXIT_OK)
 
+    async def test_interrupt_leaves(self) -> None:
+        """Ctrl-C (SIGINT) on a scripted client sends \\x00leave before it exits."""
+        alice = self.client("--name", "alice", "--create", "r")
+        await self.joined(alice)
+        bob = self.client("--name", "bob", "--join", "r")
+        await self.joined(bob)
+        bob.transport.signalProcess("INT")  # type: ignore[union-attr]
+        await wait_until(lambda: alice.has("* bob left"), 5, "bob's leave")
+        await self.ended(bob)
+        alice.close_stdin()
+
     async def test_rejoin(self) -> None:
         """Disconnected by the server: joins again by itself with the same name."""
         alice = self.client("--name", "alice", "--create", "r")

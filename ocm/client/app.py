@@ -289,13 +289,8 @@ def run_scripted(args: argparse.Namespace) -> int:
         # main() stops the reactor whatever happens; a bug is still shown.
         defer.Deferred.fromCoroutine(main()).addErrback(crashed)
 
-    def interrupted() -> None:
-        # Ctrl-C / SIGTERM stop the reactor: leave the room first, so the
-        # others see us go now rather than after the timeout.
-        if ui.session is not None:
-            ui.session.leave()
-
-    reactor.addSystemEventTrigger("before", "shutdown", interrupted)  # type: ignore[attr-defined]
+    # Ctrl-C / SIGTERM: the reactor's shutdown closes standard input, which
+    # is end of input (readConnectionLost), which leaves the room.
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return code[0]

@@ -14,6 +14,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from ocm import wire
+from ocm.client.requests import ReplyCollector
 
 Address = tuple[str, int]
 
@@ -98,22 +99,10 @@ async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
 
 
-class _Collect(protocol.Protocol):
-    def __init__(self) -> None:
-        self.data = b""
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.done.callback(self.data)
-
-
 async def tcrp_raw(port: int, data: bytes, source: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
     """Send C{data} to the TCRP port; return all bytes until the server closes."""
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout, bindAddress=(source, 0))
-    proto = _Collect()
+    proto = ReplyCollector()
     await connectProtocol(endpoint, proto)
     proto.transport.write(data)  # type: ignore[union-attr]
     timer = reactor.callLater(timeout, proto.transport.abortConnection)  # type: ignore[attr-defined,union-attr]

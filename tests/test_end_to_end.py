@@ -150,12 +150,12 @@ class TCRPEndToEnd(ServerCase):
         """Idle connections from one IP beyond the cap get 429; others are served; counts return to zero."""
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-        from tests.helpers import _Collect
+        from tests.helpers import ReplyCollector
 
         self.service.tcrp.max_connections_per_ip = 5  # type: ignore[attr-defined]
         idle = []
         for _ in range(5):
-            proto = _Collect()
+            proto = ReplyCollector()
             await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.tcp_port, bindAddress=("127.0.0.2", 0)), proto)
             idle.append(proto)
         await wait_until(lambda: self.service.tcrp.connections.get("127.0.0.2") == 5)  # type: ignore[attr-defined]
@@ -437,11 +437,11 @@ class IPv6EndToEnd(ServerCase):
         """A client on ::1 chats with one on 127.0.0.1."""
         from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
 
-        from tests.helpers import _Collect, request_bytes
+        from tests.helpers import ReplyCollector, request_bytes
 
         host, = await self.room("r")
         endpoint = TCP6ClientEndpoint(reactor, "::1", self.tcp_port, timeout=5)
-        proto = _Collect()
+        proto = ReplyCollector()
         await connectProtocol(endpoint, proto)
         proto.transport.write(request_bytes(2, "r", {"username": "six"}))  # type: ignore[union-attr]
         frames, _ = wire.decode_frames(await proto.done)

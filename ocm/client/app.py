@@ -28,6 +28,7 @@ from ocm.client.session import (
     EXIT_REFUSED,
     EXIT_USAGE,
     ChatSession,
+    Ending,
     LobbySession,
     _Session,
 )
@@ -126,6 +127,17 @@ class Frontend:
             self.session.leave_when_ready()
 
 
+async def run_session(reactor: Any, ui: Frontend, session: _Session, host: str) -> Ending:
+    """Give C{session} a UDP socket and the typed lines until it ends."""
+    port = reactor.listenUDP(0, session, interface="::" if ":" in host else "")
+    ui.attach(session)
+    try:
+        return await session.ended
+    finally:
+        ui.attach(None)
+        await defer.maybeDeferred(port.stopListening)
+
+
 async def chat(
     reactor: Any,
     ui: Frontend,
@@ -146,11 +158,7 @@ async def chat(
     while True:
         assert reply.complete is not None
         session = ChatSession(reactor, (host, int(reply.fields["udp_port"])), room, name, reply.complete, float(reply.fields.get("timeout", 30)), ui.out)
-        port = reactor.listenUDP(0, session, interface="::" if ":" in host else "")
-        ui.attach(session)
-        ending = await session.ended
-        ui.attach(None)
-        await defer.maybeDeferred(port.stopListening)
+        ending = await run_session(reactor, ui, session, host)
         if ending.message:
             ui.out(ending.message)
         if not (ending.rejoinable and rejoin):
@@ -188,12 +196,7 @@ async def list_rooms(reactor: Any, host: str, port: int) -> list[dict[str, Any]]
 async def lobby(reactor: Any, ui: Frontend, host: str, port: int, name: str, timeout: float) -> int:
     """Chat in the stage-1 lobby until /leave or end of input."""
     session = LobbySession(reactor, (host, port), name, ui.out, timeout)
-    udp = reactor.listenUDP(0, session, interface="::" if ":" in host else "")
-    ui.attach(session)
-    ending = await session.ended
-    ui.attach(None)
-    await defer.maybeDeferred(udp.stopListening)
-    return ending.code
+    return (await run_session(reactor, ui, session, host)).code
 
 
 @implementer(IHalfCloseableProtocol)
@@ -289,8 +292,14 @@ def run_scripted(args: argparse.Namespace) -> int:
         # main() stops the reactor whatever happens; a bug is still shown.
         defer.Deferred.fromCoroutine(main()).addErrback(crashed)
 
-    # Ctrl-C / SIGTERM: the reactor's shutdown closes standard input, which
-    # is end of input (readConnectionLost), which leaves the room.
+    def interrupted() -> None:
+        # Ctrl-C / SIGTERM stop the reactor. Leave the room before shutdown
+        # disconnects everything: standard input's end would also leave, but
+        # only if it is closed before the UDP port, which is not guaranteed.
+        if ui.session is not None:
+            ui.session.leave()
+
+    reactor.addSystemEventTrigger("before", "shutdown", interrupted)  # type: ignore[attr-defined]
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return code[0]

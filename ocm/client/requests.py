@@ -28,7 +28,9 @@ class Reply:
     complete: bytes | None
 
 
-class _Collect(protocol.Protocol):
+class ReplyCollector(protocol.Protocol):
+    """Collects everything the server sends until it closes the connection (C{done})."""
+
     def __init__(self) -> None:
         self.data = b""
         self.done: defer.Deferred[bytes] = defer.Deferred()
@@ -51,7 +53,7 @@ async def request(
 ) -> Reply:
     """Send one TCRP request; return the server's reply."""
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    proto = _Collect()
+    proto = ReplyCollector()
     try:
         await connectProtocol(endpoint, proto)
     except Exception as e:

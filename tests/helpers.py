@@ -207,7 +207,12 @@ def spawn_twistd(case: Any, *args: str) -> TwistdProcess:
     os.makedirs(path)
     proc = TwistdProcess()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    transport = reactor.spawnProcess(proc, twistd, [twistd, "--pidfile=", *args], env=dict(os.environ), path=path)  # type: ignore[attr-defined]
+    if os.path.exists(twistd):
+        argv = [twistd]
+    else:  # e.g. pip install --user: the script is elsewhere; same entry point
+        twistd = sys.executable
+        argv = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
+    transport = reactor.spawnProcess(proc, twistd, [*argv, "--pidfile=", *args], env=dict(os.environ), path=path)  # type: ignore[attr-defined]
 
     def kill() -> Any:
         if transport.pid is not None:

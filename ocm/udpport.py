@@ -20,8 +20,12 @@ from twisted.logger import Logger
 
 log = Logger()
 
-# Datagrams read per wake-up before the reactor gets control back.
-READ_BURST = 512
+# Datagrams read per wake-up before the reactor gets control back: about
+# 10 ms of work at most. Measured at the relay's saturation (166,500 relayed
+# datagrams/s offered): a burst of 512 lost 11-13% (each return to the
+# reactor costs more than it looks), Twisted's own loop (256 KiB, about 2,600
+# small datagrams) 4-5%, 4096 0-0.7%.
+READ_BURST = 4096
 
 
 class FastPort(udp.Port):

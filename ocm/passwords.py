@@ -61,17 +61,22 @@ def verify_password(password: str, stored: PasswordHash) -> bool:
 
 def at_low_priority(function: Callable[..., T], *args: Any) -> T:
     """
-    Run C{function} in the current (worker) thread, first lowering that
-    thread's priority to nice 19, once per thread.
+    Run C{function} in the current (worker) thread, first giving that thread
+    the lowest CPU priority, once per thread.
 
-    On Linux C{setpriority} on a thread id affects only that thread: the
-    reactor thread then always wins the CPU over password hashing, so a burst
-    of joins delays the joins, not the chat of every room.
+    On Linux, SCHED_IDLE: the thread runs only when the core has nothing
+    else to do, and yields at once when the reactor thread wakes, so a burst
+    of joins delays the joins, not the chat of every room. Where that is not
+    allowed, nice 19 (C{setpriority} on a thread id affects only that
+    thread). Elsewhere, as it is.
     """
     if not getattr(_niced, "done", False):
         _niced.done = True
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (OSError, AttributeError):  # not Linux, or not allowed: run anyway
-            pass
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+        except (OSError, AttributeError):
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            except (OSError, AttributeError):  # not Linux, or not allowed: run anyway
+                pass
     return function(*args)

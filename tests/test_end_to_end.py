@@ -478,13 +478,13 @@ class MetricsEndToEnd(ServerCase):
 
     async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         from prometheus_client.parser import text_string_to_metric_families
-        from twisted.web.client import Agent, readBody
 
         port = self.service.getServiceNamed("metrics")._port.getHost().port  # type: ignore[attr-defined]
-        response = await Agent(reactor).request(b"GET", b"http://127.0.0.1:%d/metrics" % port)
-        self.assertEqual(response.code, 200)
-        self.assertIn(b"text/plain", response.headers.getRawHeaders(b"content-type")[0])
-        text = (await readBody(response)).decode()
+        reply = await tcrp_raw(port, b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        head, _, body = reply.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.0 200"), head)
+        self.assertIn(b"content-type: text/plain", head.lower())
+        text = body.decode()
         return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
     async def test_counts(self) -> None:

@@ -175,6 +175,19 @@ class RenderTests(unittest.TestCase):
 class ArgsTests(unittest.TestCase):
     """The command line."""
 
+    def test_parse_server(self) -> None:
+        """host, host:port, [v6]:port, bare IPv6; a bad port is refused."""
+        from ocm.client.app import parse_server
+
+        self.assertEqual(parse_server("127.0.0.1:9100"), ("127.0.0.1", 9100))
+        self.assertEqual(parse_server("chat.example"), ("chat.example", 9000))
+        self.assertEqual(parse_server("", 9005), ("127.0.0.1", 9005))
+        self.assertEqual(parse_server("[::1]:9100"), ("::1", 9100))
+        self.assertEqual(parse_server("[::1]"), ("::1", 9000))
+        self.assertEqual(parse_server("::1"), ("::1", 9000))
+        self.assertRaises(ValueError, parse_server, "host:port")
+        self.assertRaises(ValueError, parse_server, "host:70000")
+
     def test_password_sources(self) -> None:
         """--password-file, then OCM_PASSWORD, then --password."""
         path = self.mktemp()

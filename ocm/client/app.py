@@ -78,6 +78,26 @@ def password_of(args: argparse.Namespace) -> str | None:
     return args.password  # type: ignore[no-any-return]
 
 
+def parse_server(text: str, default_port: int = 9000) -> tuple[str, int]:
+    """
+    C{host}, C{host:port}, C{[v6]:port} or a bare IPv6 address, as
+    (host, port).
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:  # a name, an IPv4 address, or a bare IPv6 address
+        host, port_text = text, ""
+    if not port_text:
+        return host or "127.0.0.1", default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{port_text!r} is not a port number")
+    return host or "127.0.0.1", int(port_text)
+
+
 async def resolve(reactor: Any, host: str) -> str:
     """An IP literal for C{host}: TCP and UDP must leave from the same address family."""
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ocm import wire
 from ocm.client import render
-from ocm.client.app import Frontend, chat, list_rooms, lobby, open_room, password_of, resolve
+from ocm.client.app import Frontend, chat, list_rooms, lobby, open_room, parse_server, password_of, resolve
 from ocm.client.requests import RequestFailed
 from ocm.client.session import EXIT_ERROR, EXIT_OK
 
@@ -53,10 +53,16 @@ async def interactive(args: argparse.Namespace) -> int:
 
     prompts: Any = PromptSession()
     try:
-        server = args.host or await ask(prompts, "server", "127.0.0.1:9000" if not args.port else "127.0.0.1")
-        host, _, port_text = server.rpartition(":") if ":" in server and not server.endswith("]") and server.count(":") == 1 else (server, "", "")
-        port = args.port or int(port_text or 9000)
-        host = await twisted(resolve(reactor, host or "127.0.0.1"))
+        if args.host:
+            host, port = args.host, args.port or 9000
+        else:
+            while True:
+                try:
+                    host, port = parse_server(await ask(prompts, "server", f"127.0.0.1:{args.port or 9000}"), args.port or 9000)
+                    break
+                except ValueError as e:
+                    print(f"* {e}")
+        host = await twisted(resolve(reactor, host))
         name = args.name or ""
         while not name:
             name = await ask(prompts, "your name")

@@ -105,7 +105,7 @@ def run_joins(args: argparse.Namespace, port: int, out: list[str]) -> None:
         pinned(
             args.load_core,
             [sys.executable, os.path.join(HERE, "joins.py"), "--port", str(port),
-             "--rate", str(args.join_rate), "--duration", str(args.duration)],
+             "--rate", str(args.join_rate), "--duration", str(args.duration), "--password", args.join_password],
         ),
         capture_output=True,
         text=True,
@@ -121,6 +121,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="pairs of runs (A then C)")
     parser.add_argument("--duration", type=float, default=20)
     parser.add_argument("--join-rate", type=float, default=50)
+    parser.add_argument(
+        "--join-password", default="bench-password", help='the joined room\'s password ("" for an open room: the TCRP work without hashing)'
+    )
     parser.add_argument("--port", type=int, default=9400)
     parser.add_argument("--server-core", default="1")
     parser.add_argument("--load-core", default="0")

@@ -6,9 +6,12 @@ figures are reported, not tested).
 from __future__ import annotations
 
 import os
+import platform
 import re
 import subprocess
 import sys
+
+from unittest import skipIf
 
 from twisted.trial import unittest
 
@@ -30,6 +33,7 @@ class BenchSmokeTests(unittest.TestCase):
         self.assertIn("120 relayed", out)
         self.assertRegex(out, r"[\d.]+ us CPU per relayed datagram")
 
+    @skipIf(platform.python_implementation() != "CPython", "tracemalloc is CPython's")
     def test_memory(self) -> None:
         """The memory benchmark reports bytes per member."""
         out = run("bench/memory.py", "--members", "200")

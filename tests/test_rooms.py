@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from twisted.trial import unittest
 
 from ocm import wire
-from ocm.passwords import hash_password, verify_password
+from ocm.passwords import PasswordHash, hash_password, verify_password
 from ocm.rooms import MAX_SEND_FAILURES, RoomError, Rooms, normalise_ip
 
 A = ("127.0.0.1", 5001)
@@ -118,6 +119,33 @@ class PasswordTests(unittest.TestCase):
         self.assertFalse(verify_password("password", stored))
         self.assertNotEqual(hash_password("パスワード"), stored)
         self.assertNotIn("パスワード", repr(stored))
+
+    def test_pbkdf2(self) -> None:
+        """The PBKDF2 fallback verifies the same way and says what it is."""
+        stored = hash_password("パスワード", "pbkdf2")
+        self.assertEqual(stored.scheme, "pbkdf2")
+        self.assertTrue(verify_password("パスワード", stored))
+        self.assertFalse(verify_password("password", stored))
+        self.assertNotEqual(stored.digest, hash_password("パスワード", "pbkdf2").digest)
+
+    def test_scheme_follows_hashlib(self) -> None:
+        """scrypt where hashlib has it, PBKDF2 where it does not (PyPy)."""
+        import types
+        from unittest import mock
+
+        from ocm import passwords
+
+        self.assertEqual(passwords.default_scheme(), "scrypt" if hasattr(hashlib, "scrypt") else "pbkdf2")
+        without = types.SimpleNamespace(pbkdf2_hmac=hashlib.pbkdf2_hmac)
+        with mock.patch.object(passwords, "hashlib", without):
+            stored = hash_password("secret")
+            self.assertEqual(stored.scheme, "pbkdf2")
+            self.assertTrue(verify_password("secret", stored))
+
+    def test_unknown_scheme(self) -> None:
+        """A scheme the module does not know is an error, not a match."""
+        with self.assertRaises(ValueError):
+            verify_password("x", PasswordHash(b"salt", b"digest", "md5"))
 
 
 class RelayStateTests(unittest.TestCase):
@@ -281,7 +309,7 @@ class LowPriorityTests(unittest.TestCase):
         import os
         import threading
 
-        from ocm.passwords import at_low_priority
+        from ocm.passwords import SCHED_IDLE, at_low_priority
 
         def policy() -> tuple[int, int]:
             return os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -295,5 +323,5 @@ class LowPriorityTests(unittest.TestCase):
         thread = threading.Thread(target=work)
         thread.start()
         thread.join(10)
-        self.assertTrue(seen[0][0] == os.SCHED_IDLE or seen[0][1] == 19, seen)
+        self.assertTrue(seen[0][0] == SCHED_IDLE or seen[0][1] == 19, seen)
         self.assertEqual(policy(), before)

@@ -103,6 +103,12 @@ class TwistdTests(unittest.TestCase):
         """A bad value gives a usage message, not a traceback."""
         proc = self.spawn("--timeout", "-1")
         reason = await proc.ended
-        self.assertIsInstance(reason, error.ProcessTerminated)
+        from twisted import version
+
+        if (version.major, version.minor) >= (26, 10):
+            # Older twistd prints the usage error and exits 0 (as on PyPy 3.9,
+            # whose newest Twisted is 26.4).
+            self.assertIsInstance(reason, error.ProcessTerminated)
+        self.assertIn(b"is not a positive number", proc.output)
         self.assertIn(b"timeout", proc.output)
         self.assertNotIn(b"Traceback", proc.output)

@@ -1,0 +1,75 @@
+"""
+The benchmark's yardstick, C{bench/crelay.c}, still builds and still speaks
+the SPEC: ocm's own client, run as people run it, chats through it.  This
+keeps the native relay that the performance figures are compared with
+honest, and checks ocm's client against a second, independent implementation
+of the wire contract.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from ocm.client.session import EXIT_OK
+from tests.helpers import free_port, wait_until
+from tests.test_client_end_to_end import ROOT, ClientProcess
+
+GCC = shutil.which("gcc")
+
+
+class CRelayTests(unittest.TestCase):
+    """ocm's client against the C relay on 127.0.0.1."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        if GCC is None:
+            raise unittest.SkipTest("no gcc to build bench/crelay.c")
+        where = tempfile.mkdtemp(prefix="crelay-")
+        self.addCleanup(shutil.rmtree, where, True)
+        binary = os.path.join(where, "crelay")
+        subprocess.run([GCC, "-O2", "-Wall", "-Werror", "-o", binary, os.path.join(ROOT, "bench", "crelay.c")], check=True, timeout=60)
+        self.tcp_port = free_port(socket.SOCK_STREAM)
+        udp_port = free_port(socket.SOCK_DGRAM)
+        relay = subprocess.Popen([binary, "--tcp", str(self.tcp_port), "--udp", str(udp_port)], stderr=subprocess.PIPE)
+
+        def stop() -> None:
+            relay.terminate()
+            relay.communicate(timeout=10)
+
+        self.addCleanup(stop)
+
+    def client(self, *args: str) -> ClientProcess:
+        """C{python -m ocm.client} against the C relay, killed at the end."""
+        import sys
+
+        proc = ClientProcess()
+        argv = [sys.executable, "-m", "ocm.client", "--port", str(self.tcp_port), *args]
+        environ = {k: v for k, v in os.environ.items() if k != "OCM_PASSWORD"}
+        transport = reactor.spawnProcess(proc, sys.executable, argv, env=environ, path=ROOT)  # type: ignore[attr-defined]
+        self.addCleanup(lambda: None if proc.ended.called else (transport.signalProcess("KILL"), proc.ended)[1])
+        return proc
+
+    async def test_chat_through_crelay(self) -> None:
+        """Create, join, chat both ways (Japanese text); both clients exit 0 at end of input."""
+        alice = self.client("--name", "alice", "--create", "部屋")
+        await wait_until(lambda: alice.has("* joined room '部屋' as alice"), 10, f"alice's welcome: {alice.out!r} {alice.err!r}")
+        bob = self.client("--name", "bob", "--join", "部屋")
+        await wait_until(lambda: bob.has("* joined room '部屋' as bob (host: alice"), 10, f"bob's welcome: {bob.out!r} {bob.err!r}")
+        await wait_until(lambda: alice.has("* bob joined"), 10, "the join notice")
+        alice.send("こんにちは、ボブ")
+        await wait_until(lambda: any(line.endswith(" alice: こんにちは、ボブ") for line in bob.lines), 10, "alice's line")
+        bob.send("やあ 🌸")
+        await wait_until(lambda: any(line.endswith(" bob: やあ 🌸") for line in alice.lines), 10, "bob's line")
+        self.assertFalse(any("こんにちは" in line for line in alice.lines), "not relayed to its sender")
+        for proc in (bob, alice):
+            proc.close_stdin()
+            await wait_until(lambda: proc.ended.called, 10, "client exit")  # noqa: B023
+            self.assertEqual(await proc.ended, EXIT_OK)

@@ -4,8 +4,9 @@ Memory of the Rooms state per member, measured with tracemalloc (no sockets).
     python bench/memory.py [--members 100000] [--per-room 10] [--protected]
 
 Every member is created over the same calls TCRP uses and bound to an
-address as its first datagram would bind it, so the figure includes the
-token, the member, its room's share and the indexes.
+address as its first datagram would bind it (with the address packed for
+the C fan-out, as the relay packs it), so the figure includes the token,
+the member, its room's share and the indexes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import gc
 import tracemalloc
 
+from ocm.fanout import pack_address
 from ocm.passwords import hash_password
 from ocm.rooms import Rooms
 
@@ -37,6 +39,7 @@ def main() -> None:
         members = [host] + [rooms.join(host.room, f"member-{i:03d}", "127.0.0.1", 0.0) for i in range(1, args.per_room)]
         for member in members:
             port = port + 1 if port < 65535 else 1024
+            member.sockaddr = pack_address(("127.0.0.1", port))
             rooms.bind(member, ("127.0.0.1", port), 0.0)
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] - before

@@ -11,6 +11,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ocm import wire
+from ocm.fanout import FanOut, Failures, fan_out_of, pack_address
 from ocm.rooms import Address, Member, Rooms, Sends, normalise_ip_cached
 from ocm.sending import enlarge_receive_buffer, is_overload, send_all, sendto_of
 
@@ -50,10 +51,12 @@ class RelayProtocol(DatagramProtocol):
         self.dropped = rooms.stats.dropped
         self.clock = clock
         self._sendto: Any = None
+        self._fan: FanOut | None = None
 
     def startProtocol(self) -> None:
-        """Pick the send path once the port exists; enlarge its receive buffer."""
+        """Pick the send paths once the port exists; enlarge its receive buffer."""
         self._sendto = sendto_of(self.transport)
+        self._fan = fan_out_of(self.transport, self._sendto)
         enlarge_receive_buffer(self.transport)
 
     def send_all(self, sends: Sends) -> None:
@@ -94,6 +97,7 @@ class RelayProtocol(DatagramProtocol):
             if member.addr is not None:
                 dropped["wrong_port"] += 1
                 return
+            member.sockaddr = pack_address(addr)
             self.send_all(self.rooms.bind(member, addr, self.clock.seconds()))
             bound_now = True
         member.last_seen = now = self.clock.seconds()
@@ -123,27 +127,15 @@ class RelayProtocol(DatagramProtocol):
     def _fan_out(self, sender: Member, out: bytes) -> None:
         """
         Write C{out} to every bound member of the sender's room but the
-        sender.  This is the hot path: one C{sendto} per recipient and no
-        other work; a failure is set aside and dealt with after the loop,
-        so it never stops the rest of the room.
+        sender (L{ocm.fanout}: the hot path).  Failures come back set aside
+        and are dealt with after the loop, so none stops the rest of the room.
         """
-        sendto = self._sendto
-        failed = None
-        sent = 0
-        for other in sender.room.bound:
-            if other is not sender:
-                try:
-                    sendto(out, other.addr)
-                    sent += 1
-                except Exception as e:
-                    if failed is None:
-                        failed = []
-                    failed.append((other, e))
+        sent, failed = self._fan(out, sender.room.bound, sender)  # type: ignore[misc]
         self.stats.relayed += sent
         if failed is not None:
             self._delivery_failed(failed)
 
-    def _delivery_failed(self, failed: list[tuple[Member, Exception]]) -> None:
+    def _delivery_failed(self, failed: Failures) -> None:
         sends: Sends = []
         for member, error in failed:
             if is_overload(error):

@@ -66,7 +66,10 @@ def new_token() -> bytes:
 class Member:
     """One member of one room, known by its token."""
 
-    __slots__ = ("name", "name_bytes", "prefix", "token", "room", "ip", "addr", "last_seen", "failures", "is_host", "allowance", "allowance_at", "limited_at")
+    __slots__ = (
+        "name", "name_bytes", "prefix", "token", "room", "ip", "addr", "sockaddr",
+        "last_seen", "failures", "is_host", "allowance", "allowance_at", "limited_at",
+    )
 
     def __init__(self, name: str, token: bytes, room: Room, ip: str, now: float, is_host: bool) -> None:
         self.name = name
@@ -79,6 +82,8 @@ class Member:
         self.ip = ip
         #: The (IP, port) the token is bound to; None until the first datagram.
         self.addr: Address | None = None
+        #: C{addr} packed for the relay's C fan-out loop (set by the relay).
+        self.sockaddr: bytes | None = None
         self.last_seen = now
         self.failures = 0
         self.is_host = is_host

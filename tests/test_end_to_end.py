@@ -6,12 +6,13 @@ every wait bounded.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from ocm import wire
+from ocm import fanout, wire
 from ocm.tap import Options, makeService
 from tests.helpers import UDPPeer, listen_udp, sleep, status_of, tcrp, tcrp_raw, wait_until
 
@@ -334,9 +335,23 @@ class RelayEndToEnd(ServerCase):
             return real(data, addr)
 
         relay._sendto = flaky
+        relay._fan = functools.partial(fanout.python_fan_out, flaky)  # the Python loop
         host.send(b"one")
         await wait_until(lambda: carol.peer.chats() == [("host", "one")])
         self.assertEqual(self.stats.send_errors, 1)
+
+    async def test_native_send_failure_does_not_stop_fan_out(self) -> None:
+        """The same with the C loop: a real failed sendto (a bad address) skips only that member."""
+        if not fanout.NATIVE:
+            raise unittest.SkipTest("the C fan-out was not built")
+        host, bob, carol = await self.room("r", "bob", "carol")
+        self.assertIsInstance(self.rooms.tokens[bob.token].sockaddr, bytes)
+        self.rooms.tokens[bob.token].sockaddr = b"\x02\x00"  # too short: EINVAL
+        host.send(b"one")
+        await wait_until(lambda: carol.peer.chats() == [("host", "one")])
+        self.assertEqual(self.stats.send_errors, 1)
+        self.assertEqual(self.stats.relayed, 1)
+        self.assertEqual(bob.peer.chats(), [])
 
 
 class LifetimeEndToEnd(ServerCase):

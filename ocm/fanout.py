@@ -1,0 +1,101 @@
+"""
+The relay's fan-out: one datagram to every other bound member of a room.
+
+This is the server's hot path: at the assignment's load two thirds of its
+time is the C{sendto} of this loop.  There are two implementations of the
+one loop:
+
+ - C{_ocm_fanout}, a C extension built from C{ocm/_fanout.c} at install
+   where a compiler is present: it sends to addresses packed once, when a
+   member binds (L{pack_address}), and costs about 1 us less per recipient
+   than Python's C{socket.sendto} (3.4 against 2.3 us on loopback);
+ - the same loop in Python, used where the extension could not be built
+   and for transports without a socket (the fakes of the tests).
+
+Either way a failed send is set aside and returned, never raised, so that
+one failure cannot silence the rest of the room.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import _ocm_fanout
+except ImportError:  # no compiler at install time: the Python loop
+    _ocm_fanout = None  # type: ignore[assignment]
+
+from ocm.rooms import Address, Member
+
+#: Whether the C loop was built.
+NATIVE = _ocm_fanout is not None
+
+#: Failed sends: each member with the exception its send raised.
+Failures = list[tuple[Member, BaseException]]
+
+#: C{fan_out(data, members, sender) -> (sent, failures or None)}.
+FanOut = Callable[[bytes, list[Member], Member], tuple[int, "Failures | None"]]
+
+
+def pack_address(addr: Address) -> bytes | None:
+    """
+    C{addr} as the C loop sends to it (a C{struct sockaddr}); None without
+    the C loop, or for an address it cannot pack (the Python way is used).
+    """
+    if _ocm_fanout is None:
+        return None
+    return _ocm_fanout.pack_address(addr[0], addr[1])
+
+
+def python_fan_out(sendto: Callable[[bytes, Address], Any], data: bytes, members: list[Member], sender: Member) -> tuple[int, Failures | None]:
+    """Send C{data} to each of C{members} but C{sender}, in Python."""
+    failed: Failures | None = None
+    sent = 0
+    for other in members:
+        if other is not sender:
+            try:
+                sendto(data, other.addr)  # type: ignore[arg-type]
+                sent += 1
+            except Exception as e:
+                if failed is None:
+                    failed = []
+                failed.append((other, e))
+    return sent, failed
+
+
+def native_fan_out(fd: int, sendto: Callable[[bytes, Address], Any]) -> FanOut:
+    """The C loop on socket C{fd}; members it could not pack go through C{sendto}."""
+    assert _ocm_fanout is not None
+    loop = _ocm_fanout.fan_out
+
+    def fan_out(data: bytes, members: list[Member], sender: Member) -> tuple[int, Failures | None]:
+        sent, failures = loop(fd, data, members, sender)
+        if failures is None:
+            return sent, None
+        failed: Failures = []
+        for member, err in failures:
+            if err:
+                failed.append((member, OSError(err, os.strerror(err))))
+                continue
+            try:  # no packed address
+                sendto(data, member.addr)  # type: ignore[arg-type]
+                sent += 1
+            except Exception as e:
+                failed.append((member, e))
+        return sent, failed or None
+
+    return fan_out
+
+
+def fan_out_of(transport: Any, sendto: Callable[[bytes, Address], Any]) -> FanOut:
+    """
+    The fan-out for C{transport}: the C loop on a real port's socket when it
+    was built, else the Python loop through C{sendto}.
+    """
+    sock = getattr(transport, "socket", None)
+    if _ocm_fanout is not None and sock is not None and hasattr(sock, "fileno"):
+        return native_fan_out(sock.fileno(), sendto)
+    return functools.partial(python_fan_out, sendto)

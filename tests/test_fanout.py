@@ -1,0 +1,160 @@
+"""
+The fan-out loops (L{ocm.fanout}): the C one and the Python one send the
+same datagrams to the same members and report failures the same way.  Real
+sockets on 127.0.0.1 and ::1.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import socket
+import struct
+from typing import Any
+
+from twisted.trial import unittest
+
+from ocm import fanout
+from ocm.rooms import Rooms
+from tests.helpers import FakeDatagramTransport
+
+NEEDS_C = None if fanout.NATIVE else "the C fan-out was not built"
+
+
+def has_ipv6() -> bool:
+    """Whether ::1 can be bound here."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class PackAddressTests(unittest.TestCase):
+    """L{fanout.pack_address}: a C{struct sockaddr} from recvfrom's tuple."""
+
+    skip = NEEDS_C
+
+    def test_ipv4(self) -> None:
+        """sockaddr_in: the family, the port in network order, the address."""
+        packed = fanout.pack_address(("127.0.0.2", 0x1234))
+        assert packed is not None
+        self.assertEqual(len(packed), 16)
+        self.assertEqual(struct.unpack("=H", packed[:2])[0], socket.AF_INET)
+        self.assertEqual(packed[2:8], b"\x12\x34\x7f\x00\x00\x02")
+
+    def test_ipv6(self) -> None:
+        """sockaddr_in6, IPv4-mapped addresses included."""
+        packed = fanout.pack_address(("::ffff:127.0.0.1", 9))
+        assert packed is not None
+        self.assertEqual(len(packed), 28)
+        self.assertEqual(struct.unpack("=H", packed[:2])[0], socket.AF_INET6)
+        self.assertEqual(packed[2:4], b"\x00\x09")
+        self.assertEqual(packed[8:24], socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1"))
+
+    def test_unpackable(self) -> None:
+        """A scoped address, a name or a bad port: None (the Python loop sends those)."""
+        self.assertIsNone(fanout.pack_address(("fe80::1%eth0", 9)))
+        self.assertIsNone(fanout.pack_address(("localhost", 9)))
+        self.assertIsNone(fanout.pack_address(("127.0.0.1", 70000)))
+
+
+class FanOutTests(unittest.TestCase):
+    """Both loops against real sink sockets."""
+
+    def room(self, family: int, host: str, count: int) -> tuple[Any, list[Any], list[socket.socket]]:
+        """A sending socket, C{count} bound members and their sink sockets."""
+        rooms = Rooms(timeout=30)
+        sender = socket.socket(family, socket.SOCK_DGRAM)
+        sender.bind((host, 0))
+        sender.setblocking(False)
+        self.addCleanup(sender.close)
+        members, sinks = [], []
+        room = None
+        for i in range(count):
+            sink = socket.socket(family, socket.SOCK_DGRAM)
+            sink.bind((host, 0))
+            sink.settimeout(2)
+            self.addCleanup(sink.close)
+            addr = sink.getsockname()[:2]
+            member = rooms.create("r", "m0", host, 0) if room is None else rooms.join(room, f"m{i}", host, 0)
+            room = member.room
+            member.sockaddr = fanout.pack_address(addr)
+            rooms.bind(member, addr, 0)
+            members.append(member)
+            sinks.append(sink)
+        return sender, members, sinks
+
+    def check_loop(self, fan: fanout.FanOut, sinks: list[socket.socket], members: list[Any]) -> None:
+        """Member 1 sends: every other sink gets the datagram once; its own gets nothing."""
+        sent, failed = fan(b"\x02m1hello", members, members[1])
+        self.assertEqual((sent, failed), (len(members) - 1, None))
+        for i, sink in enumerate(sinks):
+            if i == 1:
+                sink.setblocking(False)
+                self.assertRaises(BlockingIOError, sink.recv, 100)
+            else:
+                self.assertEqual(sink.recv(100), b"\x02m1hello")
+
+    def test_python_loop(self) -> None:
+        """The Python loop."""
+        sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 4)
+        self.check_loop(fanout.fan_out_of(FakeDatagramTransport(), sender.sendto), sinks, members)
+
+    def test_native_loop(self) -> None:
+        """The C loop, on IPv4."""
+        if NEEDS_C:
+            raise unittest.SkipTest(NEEDS_C)
+        sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 4)
+        self.check_loop(fanout.native_fan_out(sender.fileno(), sender.sendto), sinks, members)
+
+    def test_native_loop_ipv6(self) -> None:
+        """The C loop, on IPv6."""
+        if NEEDS_C or not has_ipv6():
+            raise unittest.SkipTest(NEEDS_C or "no IPv6 here")
+        sender, members, sinks = self.room(socket.AF_INET6, "::1", 3)
+        self.check_loop(fanout.native_fan_out(sender.fileno(), sender.sendto), sinks, members)
+
+    def test_native_failures(self) -> None:
+        """
+        A send that fails is returned with its errno and does not stop the
+        loop; a member with no packed address is sent to the Python way.
+        """
+        if NEEDS_C:
+            raise unittest.SkipTest(NEEDS_C)
+        sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 4)
+        members[0].sockaddr = b"\x02\x00"  # too short for a sockaddr_in
+        members[2].sockaddr = None
+        sent, failed = fanout.native_fan_out(sender.fileno(), sender.sendto)(b"\x02m1hi", members, members[1])
+        self.assertEqual(sent, 2)
+        assert failed is not None
+        self.assertEqual([(m, type(e), e.errno) for m, e in failed], [(members[0], OSError, errno.EINVAL)])
+        self.assertEqual(sinks[2].recv(100), b"\x02m1hi")
+        self.assertEqual(sinks[3].recv(100), b"\x02m1hi")
+
+    def test_python_failures(self) -> None:
+        """The Python loop sets failures aside the same way."""
+        sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 3)
+
+        def sendto(data: bytes, addr: Any) -> None:
+            if addr == members[0].addr:
+                raise OSError(errno.ENOBUFS, "injected")
+            sender.sendto(data, addr)
+
+        sent, failed = fanout.python_fan_out(sendto, b"\x02m1hi", members, members[1])
+        self.assertEqual(sent, 1)
+        assert failed is not None
+        self.assertEqual([(m, e.errno) for m, e in failed], [(members[0], errno.ENOBUFS)])  # type: ignore[attr-defined]
+        self.assertEqual(sinks[2].recv(100), b"\x02m1hi")
+
+    def test_choice(self) -> None:
+        """A fake transport gets the Python loop; a real socket the C one when built."""
+        self.assertIsInstance(fanout.fan_out_of(FakeDatagramTransport(), lambda d, a: None), functools.partial)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+
+            class Port:
+                socket = s
+
+            fan = fanout.fan_out_of(Port(), s.sendto)
+            self.assertEqual(isinstance(fan, functools.partial), not fanout.NATIVE)

@@ -5,18 +5,22 @@ writing through a real UDP socket to sink sockets on 127.0.0.1.
 Reports microseconds of relay work per relayed datagram (the Python cost
 plus the kernel's C{sendto}), without a load generator's noise.
 
-    python bench/relay_bench.py [--rooms 20] [--members 10] [--messages 20000]
+    python bench/relay_bench.py [--rooms 20] [--members 10] [--messages 20000] [--loop python]
+
+C{--loop python} measures the relay with its fan-out loop in Python (the
+fallback where the C loop was not built) instead of the C loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import socket
 import time
 
 from twisted.internet import reactor
 
-from ocm import wire
+from ocm import fanout, wire
 from ocm.relay import LISTEN_SIZE, RelayProtocol
 from ocm.rooms import Rooms
 
@@ -28,11 +32,15 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--messages", type=int, default=20000, help="chat datagrams fed to the relay")
     parser.add_argument("--size", type=int, default=64, help="bytes of text a message")
+    parser.add_argument("--loop", choices=["c", "python"], default="c", help="the fan-out loop (c: when built)")
     args = parser.parse_args()
 
     rooms = Rooms(timeout=3600, max_members=10**6, rate=1e9, burst=1e9)
     relay = RelayProtocol(rooms, reactor)
     port = reactor.listenUDP(0, relay, interface="127.0.0.1", maxPacketSize=LISTEN_SIZE)  # type: ignore[attr-defined]
+    if args.loop == "python" or not fanout.NATIVE:
+        relay._fan = functools.partial(fanout.python_fan_out, relay._sendto)
+    loop = "C" if relay._fan is not None and not isinstance(relay._fan, functools.partial) else "Python"
     sinks = []
     senders = []
     for r in range(args.rooms):
@@ -58,7 +66,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     relayed = rooms.stats.relayed
     print(
-        f"rooms {args.rooms} x members {args.members}, {args.messages} messages of {args.size} bytes: "
+        f"{loop} loop, rooms {args.rooms} x members {args.members}, {args.messages} messages of {args.size} bytes: "
         f"{relayed} relayed in {wall:.3f} s = {relayed / wall:,.0f} relayed/s, "
         f"{wall / relayed * 1e6:.2f} us wall and {cpu / relayed * 1e6:.2f} us CPU per relayed datagram "
         f"(send errors {rooms.stats.send_errors}, overload {rooms.stats.send_overload})"

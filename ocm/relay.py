@@ -11,7 +11,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ocm import wire
-from ocm.fanout import FanOut, Failures, fan_out_of, pack_address
+from ocm.fanout import NATIVE, FanOut, Failures, fan_out_of, pack_address
 from ocm.rooms import Address, Member, Rooms, Sends, normalise_ip_cached
 from ocm.sending import enlarge_receive_buffer, is_overload, send_all, sendto_of
 
@@ -58,6 +58,8 @@ class RelayProtocol(DatagramProtocol):
         self._sendto = sendto_of(self.transport)
         self._fan = fan_out_of(self.transport, self._sendto)
         enlarge_receive_buffer(self.transport)
+        if getattr(self.transport, "socket", None) is not None:
+            log.info("relay fan-out: the {loop} loop", loop="C" if NATIVE else "Python (the C loop was not built)")
 
     def send_all(self, sends: Sends) -> None:
         """Write notices returned by the rooms service."""

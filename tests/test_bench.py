@@ -15,6 +15,8 @@ from unittest import skipIf
 
 from twisted.trial import unittest
 
+from ocm import fanout
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -29,9 +31,11 @@ class BenchSmokeTests(unittest.TestCase):
 
     def test_relay_bench(self) -> None:
         """The in-process relay benchmark relays every message to every other member."""
-        out = run("bench/relay_bench.py", "--rooms", "2", "--members", "3", "--messages", "60")
-        self.assertIn("120 relayed", out)
-        self.assertRegex(out, r"[\d.]+ us CPU per relayed datagram")
+        for loop in ("c", "python"):
+            out = run("bench/relay_bench.py", "--rooms", "2", "--members", "3", "--messages", "60", "--loop", loop)
+            self.assertIn("120 relayed", out)
+            self.assertRegex(out, r"[\d.]+ us CPU per relayed datagram")
+            self.assertTrue(out.startswith("Python loop" if loop == "python" or not fanout.NATIVE else "C loop"), out)
 
     @skipIf(platform.python_implementation() != "CPython", "tracemalloc is CPython's")
     def test_memory(self) -> None:

@@ -1,0 +1,56 @@
+"""
+ocm with the naive relay path, for the ratio in the README: each recipient
+written with C{transport.write} (Twisted's C{udp.Port.write}, which checks
+the address on every call) and Twisted's own read loop.  Everything else is
+ocm's.  Not for use: a measuring point only.
+
+    taskset -c 1 python bench/naive.py --tcp 9000 --udp 9001 --interface 127.0.0.1 \\
+        --request-rate 100000 --request-burst 100000
+
+takes the same options as C{twistd ocm}; stop it with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.internet import reactor, udp
+
+from ocm import relay, udpport
+from ocm.tap import Options, makeService
+
+
+def naive_start(self: relay.RelayProtocol) -> None:
+    """Send through C{transport.write}, one recipient at a time."""
+    write = self.transport.write  # type: ignore[union-attr]
+    self._sendto = write
+
+    def fan_out(data: bytes, members: list[Any], sender: Any) -> tuple[int, Any]:
+        sent, failed = 0, []
+        for member in members:
+            if member is not sender:
+                try:
+                    write(data, member.addr)
+                    sent += 1
+                except Exception as e:
+                    failed.append((member, e))
+        return sent, failed or None
+
+    self._fan = fan_out
+
+
+def main() -> None:
+    """Patch the two fast paths out, then serve as C{twistd ocm} would."""
+    udpport.FastPort.doRead = udp.Port.doRead  # type: ignore[method-assign]
+    relay.RelayProtocol.startProtocol = naive_start  # type: ignore[method-assign]
+    options = Options()
+    options.parseOptions(sys.argv[1:])
+    service = makeService(options)
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,9 @@
 """
-The benchmark's yardstick, C{bench/crelay.c}, still builds and still speaks
-the SPEC: ocm's own client, run as people run it, chats through it.  This
-keeps the native relay that the performance figures are compared with
-honest, and checks ocm's client against a second, independent implementation
-of the wire contract.
+The benchmark's yardsticks still speak the SPEC: ocm's own client, run as
+people run it, chats through the native relay C{bench/crelay.c} (a second,
+independent implementation of the wire contract) and through the naive one,
+C{bench/naive.py}.  This keeps the relays that the performance figures are
+compared with honest.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 
 from twisted.internet import reactor
@@ -24,21 +25,19 @@ from tests.test_client_end_to_end import ROOT, ClientProcess
 GCC = shutil.which("gcc")
 
 
-class CRelayTests(unittest.TestCase):
-    """ocm's client against the C relay on 127.0.0.1."""
+class YardstickCase(unittest.TestCase):
+    """ocm's client against a relay started by L{server_argv} on 127.0.0.1."""
 
     timeout = 60
 
+    def server_argv(self, tcp_port: int, udp_port: int) -> list[str]:
+        """The command line of the relay under test."""
+        raise NotImplementedError
+
     def setUp(self) -> None:
-        if GCC is None:
-            raise unittest.SkipTest("no gcc to build bench/crelay.c")
-        where = tempfile.mkdtemp(prefix="crelay-")
-        self.addCleanup(shutil.rmtree, where, True)
-        binary = os.path.join(where, "crelay")
-        subprocess.run([GCC, "-O2", "-Wall", "-Werror", "-o", binary, os.path.join(ROOT, "bench", "crelay.c")], check=True, timeout=60)
         self.tcp_port = free_port(socket.SOCK_STREAM)
         udp_port = free_port(socket.SOCK_DGRAM)
-        relay = subprocess.Popen([binary, "--tcp", str(self.tcp_port), "--udp", str(udp_port)], stderr=subprocess.PIPE)
+        relay = subprocess.Popen(self.server_argv(self.tcp_port, udp_port), stderr=subprocess.PIPE, cwd=ROOT)
 
         def stop() -> None:
             relay.terminate()
@@ -47,9 +46,7 @@ class CRelayTests(unittest.TestCase):
         self.addCleanup(stop)
 
     def client(self, *args: str) -> ClientProcess:
-        """C{python -m ocm.client} against the C relay, killed at the end."""
-        import sys
-
+        """C{python -m ocm.client} against the relay, killed at the end."""
         proc = ClientProcess()
         argv = [sys.executable, "-m", "ocm.client", "--port", str(self.tcp_port), *args]
         environ = {k: v for k, v in os.environ.items() if k != "OCM_PASSWORD"}
@@ -57,7 +54,7 @@ class CRelayTests(unittest.TestCase):
         self.addCleanup(lambda: None if proc.ended.called else (transport.signalProcess("KILL"), proc.ended)[1])
         return proc
 
-    async def test_chat_through_crelay(self) -> None:
+    async def chat(self) -> None:
         """Create, join, chat both ways (Japanese text); both clients exit 0 at end of input."""
         alice = self.client("--name", "alice", "--create", "部屋")
         await wait_until(lambda: alice.has("* joined room '部屋' as alice"), 10, f"alice's welcome: {alice.out!r} {alice.err!r}")
@@ -73,3 +70,31 @@ class CRelayTests(unittest.TestCase):
             proc.close_stdin()
             await wait_until(lambda: proc.ended.called, 10, "client exit")  # noqa: B023
             self.assertEqual(await proc.ended, EXIT_OK)
+
+
+class CRelayTests(YardstickCase):
+    """Through the C relay, built with gcc."""
+
+    def server_argv(self, tcp_port: int, udp_port: int) -> list[str]:
+        if GCC is None:
+            raise unittest.SkipTest("no gcc to build bench/crelay.c")
+        where = tempfile.mkdtemp(prefix="crelay-")
+        self.addCleanup(shutil.rmtree, where, True)
+        binary = os.path.join(where, "crelay")
+        subprocess.run([GCC, "-O2", "-Wall", "-Werror", "-o", binary, os.path.join(ROOT, "bench", "crelay.c")], check=True, timeout=60)
+        return [binary, "--tcp", str(tcp_port), "--udp", str(udp_port)]
+
+    async def test_chat(self) -> None:
+        """Create, join, chat both ways (Japanese text); both clients exit 0 at end of input."""
+        await self.chat()
+
+
+class NaiveRelayTests(YardstickCase):
+    """Through ocm with its fast paths patched out."""
+
+    def server_argv(self, tcp_port: int, udp_port: int) -> list[str]:
+        return [sys.executable, os.path.join(ROOT, "bench", "naive.py"), "--tcp", str(tcp_port), "--udp", str(udp_port), "--interface", "127.0.0.1"]
+
+    async def test_chat(self) -> None:
+        """Create, join, chat both ways (Japanese text); both clients exit 0 at end of input."""
+        await self.chat()

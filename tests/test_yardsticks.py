@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 from twisted.internet import reactor
 from twisted.trial import unittest
@@ -44,6 +45,15 @@ class YardstickCase(unittest.TestCase):
             relay.communicate(timeout=10)
 
         self.addCleanup(stop)
+        deadline = time.monotonic() + 15
+        while True:  # the relay listens once it has started (Python: about a second)
+            try:
+                socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or relay.poll() is not None:
+                    raise
+                time.sleep(0.05)
 
     def client(self, *args: str) -> ClientProcess:
         """C{python -m ocm.client} against the relay, killed at the end."""

@@ -30,6 +30,7 @@ PyDoc_STRVAR(pack_address_doc,
 
 static PyObject *pack_address(PyObject *module, PyObject *args)
 {
+    (void)module;
     const char *host;
     int port;
     if (!PyArg_ParseTuple(args, "si:pack_address", &host, &port)) return NULL;
@@ -60,6 +61,7 @@ PyDoc_STRVAR(fan_out_doc,
 
 static PyObject *fan_out(PyObject *module, PyObject *args)
 {
+    (void)module;
     int fd;
     Py_buffer data;
     PyObject *members, *sender;
@@ -69,21 +71,27 @@ static PyObject *fan_out(PyObject *module, PyObject *args)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(members); i++) {
         PyObject *member = PyList_GET_ITEM(members, i);
         if (member == sender) continue;
+        Py_INCREF(member); /* held while in use, whatever the attribute lookup does */
         PyObject *sa = PyObject_GetAttr(member, sockaddr_attr);
-        if (sa == NULL) goto error;
+        if (sa == NULL) {
+            Py_DECREF(member);
+            goto error;
+        }
         int err = 0;
         if (PyBytes_Check(sa)) {
             if (sendto(fd, data.buf, (size_t)data.len, MSG_DONTWAIT, (const struct sockaddr *)PyBytes_AS_STRING(sa),
                        (socklen_t)PyBytes_GET_SIZE(sa)) >= 0) {
                 Py_DECREF(sa);
+                Py_DECREF(member);
                 sent++;
                 continue;
             }
             err = errno;
         }
         Py_DECREF(sa);
-        if (failures == NULL && (failures = PyList_New(0)) == NULL) goto error;
-        PyObject *item = Py_BuildValue("(Oi)", member, err);
+        PyObject *item = NULL;
+        if (failures != NULL || (failures = PyList_New(0)) != NULL) item = Py_BuildValue("(Oi)", member, err);
+        Py_DECREF(member);
         if (item == NULL) goto error;
         int appended = PyList_Append(failures, item);
         Py_DECREF(item);
@@ -105,7 +113,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_ocm_fanout", "The relay's fan-out loop in C (see ocm/fanout.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_ocm_fanout", "The relay's fan-out loop in C (see ocm/fanout.py).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__ocm_fanout(void)

@@ -12,32 +12,19 @@ takes the same options as C{twistd ocm}; stop it with Ctrl-C.
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import Any
 
 from twisted.internet import reactor, udp
 
-from ocm import relay, udpport
+from ocm import fanout, relay, udpport
 from ocm.tap import Options, makeService
 
 
 def naive_start(self: relay.RelayProtocol) -> None:
-    """Send through C{transport.write}, one recipient at a time."""
-    write = self.transport.write  # type: ignore[union-attr]
-    self._sendto = write
-
-    def fan_out(data: bytes, members: list[Any], sender: Any) -> tuple[int, Any]:
-        sent, failed = 0, []
-        for member in members:
-            if member is not sender:
-                try:
-                    write(data, member.addr)
-                    sent += 1
-                except Exception as e:
-                    failed.append((member, e))
-        return sent, failed or None
-
-    self._fan = fan_out
+    """Send through C{transport.write}, one recipient at a time (ocm's Python loop over it)."""
+    self._sendto = self.transport.write  # type: ignore[union-attr]
+    self._fan = functools.partial(fanout.python_fan_out, self._sendto)
 
 
 def main() -> None:

@@ -51,26 +51,31 @@ class ClientProcess(protocol.ProcessProtocol):
         return any(text in line for line in self.lines)
 
 
+def spawn_client(case: Any, tcp_port: int, *args: str, env: dict[str, str] | None = None) -> ClientProcess:
+    """C{python -m ocm.client --port TCP_PORT ARGS}, killed at the end of C{case} if still running."""
+    proc = ClientProcess()
+    argv = [sys.executable, "-m", "ocm.client", "--port", str(tcp_port), *args]
+    environ = {k: v for k, v in os.environ.items() if k != "OCM_PASSWORD"}
+    environ.update(env or {})
+    transport = reactor.spawnProcess(proc, sys.executable, argv, env=environ, path=ROOT)  # type: ignore[attr-defined]
+
+    def kill() -> Any:
+        if not proc.ended.called:
+            transport.signalProcess("KILL")
+            return proc.ended
+        return None
+
+    case.addCleanup(kill)
+    return proc
+
+
 class ClientCase(ServerCase):
     """A server, and clients spawned against it."""
 
     timeout = 60
 
     def client(self, *args: str, env: dict[str, str] | None = None) -> ClientProcess:
-        proc = ClientProcess()
-        argv = [sys.executable, "-m", "ocm.client", "--port", str(self.tcp_port), *args]
-        environ = {k: v for k, v in os.environ.items() if k != "OCM_PASSWORD"}
-        environ.update(env or {})
-        transport = reactor.spawnProcess(proc, sys.executable, argv, env=environ, path=ROOT)  # type: ignore[attr-defined]
-
-        def kill() -> Any:
-            if not proc.ended.called:
-                transport.signalProcess("KILL")
-                return proc.ended
-            return None
-
-        self.addCleanup(kill)
-        return proc
+        return spawn_client(self, self.tcp_port, *args, env=env)
 
     async def ended(self, proc: ClientProcess, timeout: float = 10) -> int:
         await wait_until(lambda: proc.ended.called, timeout, "client exit")

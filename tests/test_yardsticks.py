@@ -16,12 +16,11 @@ import sys
 import tempfile
 import time
 
-from twisted.internet import reactor
 from twisted.trial import unittest
 
 from ocm.client.session import EXIT_OK
 from tests.helpers import free_port, wait_until
-from tests.test_client_end_to_end import ROOT, ClientProcess
+from tests.test_client_end_to_end import ROOT, ClientProcess, spawn_client
 
 GCC = shutil.which("gcc")
 
@@ -57,12 +56,7 @@ class YardstickCase(unittest.TestCase):
 
     def client(self, *args: str) -> ClientProcess:
         """C{python -m ocm.client} against the relay, killed at the end."""
-        proc = ClientProcess()
-        argv = [sys.executable, "-m", "ocm.client", "--port", str(self.tcp_port), *args]
-        environ = {k: v for k, v in os.environ.items() if k != "OCM_PASSWORD"}
-        transport = reactor.spawnProcess(proc, sys.executable, argv, env=environ, path=ROOT)  # type: ignore[attr-defined]
-        self.addCleanup(lambda: None if proc.ended.called else (transport.signalProcess("KILL"), proc.ended)[1])
-        return proc
+        return spawn_client(self, self.tcp_port, *args)
 
     async def chat(self) -> None:
         """Create, join, chat both ways (Japanese text); both clients exit 0 at end of input."""

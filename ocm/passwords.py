@@ -92,13 +92,18 @@ def at_low_priority(function: Callable[..., T], *args: Any) -> T:
     """
     if not getattr(_niced, "done", False):
         _niced.done = True
-        try:
-            if SCHED_IDLE is None:
-                raise OSError("no SCHED_IDLE here")
-            os.sched_setscheduler(0, SCHED_IDLE, os.sched_param(0))  # 0: this thread
-        except (OSError, AttributeError):
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-            except (OSError, AttributeError):  # not Linux, or not allowed: run anyway
-                pass
+        _lower_this_thread()
     return function(*args)
+
+
+def _lower_this_thread() -> None:
+    if SCHED_IDLE is not None:
+        try:
+            os.sched_setscheduler(0, SCHED_IDLE, os.sched_param(0))  # 0: this thread
+            return
+        except (OSError, AttributeError):
+            pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError):  # not Linux, or not allowed: run anyway
+        pass

@@ -97,28 +97,77 @@ class Member:
 
 
 class Room:
-    """A chat room: lives as long as its host."""
+    """
+    A chat room: lives as long as its host.
 
-    __slots__ = ("name", "name_bytes", "host", "members", "bound", "password", "capacity", "open")
+    On one node every member is local.  In a cluster (L{ocm.cluster}) a
+    node holds the room while it has local members: a I{replica} when the
+    host is on another node, with the other nodes' members known by name.
+    """
 
-    def __init__(self, name: str, password: PasswordHash | None, capacity: int | None) -> None:
+    __slots__ = (
+        "name", "name_bytes", "host", "host_name", "members", "bound", "password", "capacity", "open",
+        "id", "replica", "roster", "remote", "peer_nodes",
+    )
+
+    def __init__(self, name: str, password: PasswordHash | None, capacity: int | None, room_id: str = "") -> None:
         self.name = name
         self.name_bytes = name.encode("utf-8")
+        #: The host, when it is a member of this node.
         self.host: Member | None = None
-        #: Every member, by username, bound or not, in order of arrival.
+        #: The host's username (the host may be on another node).
+        self.host_name = ""
+        #: Every local member, by username, bound or not, in order of arrival.
         self.members: dict[str, Member] = {}
-        #: Members whose token is bound to an address, in order of binding.
+        #: Local members whose token is bound to an address, in order of binding.
         self.bound: list[Member] = []
         self.password = password
         self.capacity = capacity
         self.open = True
+        #: Tells this room from an earlier one of the same name (cluster).
+        self.id = room_id or secrets.token_hex(8)
+        #: Whether the host is on another node.
+        self.replica = False
+        #: Usernames of every bound member, local (None) or remote (its
+        #: node), in the order this node learnt of them.
+        self.roster: dict[str, str | None] = {}
+        #: Members on other nodes, bound or not: username -> node.
+        self.remote: dict[str, str] = {}
+        #: Other nodes with members here, and how many: where chat goes.
+        self.peer_nodes: dict[str, int] = {}
 
     def member_names(self) -> list[str]:
         """Usernames of the bound members, in order of arrival."""
-        return [m.name for m in self.bound]
+        return list(self.roster)
 
     def __repr__(self) -> str:
         return f"<Room {self.name!r}>"
+
+
+class Peers:
+    """
+    What a L{Rooms} tells the other nodes of a cluster: nothing, on one
+    node.  L{ocm.cluster} overrides each method; all are called after the
+    local state has changed, and must not raise.
+    """
+
+    #: Whether there are other nodes (the relay publishes chat only then).
+    shared = False
+
+    def chat(self, room: Room, out: bytes) -> None:
+        """A member of this node sent C{out} (relayed form) to C{room}."""
+
+    def bound(self, member: Member) -> None:
+        """C{member}, of this node, bound its token."""
+
+    def left(self, member: Member, reason: str) -> None:
+        """C{member}, of this node, is gone from its room (not closed)."""
+
+    def closed(self, room: Room, reason: str, members: list[Member]) -> None:
+        """C{room} closed here; C{members} were its local members."""
+
+    def emptied(self, room: Room) -> None:
+        """C{room}, a replica, has no local member left and is forgotten."""
 
 
 class Rooms:
@@ -149,6 +198,8 @@ class Rooms:
         self.rooms: dict[str, Room] = {}
         self.tokens: dict[bytes, Member] = {}
         self._token_factory = token_factory
+        #: The other nodes (L{Peers}: none, unless clustered).
+        self.peers = Peers()
 
     # TCRP side
 
@@ -169,13 +220,15 @@ class Rooms:
         now: float,
         password: PasswordHash | None = None,
         capacity: int | None = None,
+        room_id: str = "",
     ) -> Member:
         """Open a room with C{username} as its host; return the host member."""
         self.check_create(name)
-        room = Room(name, password, capacity)
+        room = Room(name, password, capacity, room_id)
         self.rooms[name] = room
         host = self._add(room, username, ip, now, is_host=True)
         room.host = host
+        room.host_name = username
         log.info(
             "room {room} created by {user} ({protected})",
             room=name,
@@ -201,6 +254,15 @@ class Rooms:
             raise RoomError(409, f"username {username!r} is taken in room {room.name!r}")
         if room.capacity is not None and len(room.members) >= room.capacity:
             raise RoomError(503, f"room {room.name!r} is full")
+        if len(self.tokens) >= self.max_members:
+            raise RoomError(503, "the server is at its member limit")
+        return self._add(room, username, ip, now, is_host=False)
+
+    def add_member(self, room: Room, username: str, ip: str, now: float) -> Member:
+        """
+        Add C{username} to C{room} with no checks but this node's member
+        limit: the cluster's registry has checked the name and the capacity.
+        """
         if len(self.tokens) >= self.max_members:
             raise RoomError(503, "the server is at its member limit")
         return self._add(room, username, ip, now, is_host=False)
@@ -236,7 +298,7 @@ class Rooms:
             "welcome",
             room=room.name,
             user=member.name,
-            host=room.host.name if room.host else None,
+            host=room.host_name or None,
             members=room.member_names(),
         )
 
@@ -253,15 +315,17 @@ class Rooms:
         for other in room.bound:
             sends.append((notice, other.addr))  # type: ignore[arg-type]
         room.bound.append(member)
+        room.roster[member.name] = None
         sends.append((self.welcome(member), addr))
         log.info("{user} joined room {room}", user=member.name, room=room.name)
+        self.peers.bound(member)
         return sends
 
     def who(self, member: Member) -> Sends:
         """Answer C{\\x00who}: the member list and the host."""
         room = member.room
         notice = wire.encode_notice(
-            "members", members=room.member_names(), host=room.host.name if room.host else None
+            "members", members=room.member_names(), host=room.host_name or None
         )
         return [(notice, member.addr)]  # type: ignore[list-item]
 
@@ -311,6 +375,9 @@ class Rooms:
             for other in room.bound:
                 sends.append((notice, other.addr))  # type: ignore[arg-type]
             log.info("{user} left room {room} ({reason})", user=member.name, room=room.name, reason=reason)
+        self.peers.left(member, reason)
+        if room.replica and not room.members:
+            self._drop_replica(room)
         return sends
 
     def _forget(self, member: Member) -> None:
@@ -319,25 +386,100 @@ class Rooms:
         del room.members[member.name]
         if member.addr is not None:
             room.bound.remove(member)
+            room.roster.pop(member.name, None)
 
-    def close(self, room: Room, reason: str) -> Sends:
+    def _drop_replica(self, room: Room) -> None:
+        room.open = False
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        self.peers.emptied(room)
+
+    def close(self, room: Room, reason: str, tell_peers: bool = True) -> Sends:
         """
         Close C{room} for C{reason} (C{host_left} or C{shutdown}): every
         bound member is told, every token deleted, the name freed.
+
+        @param tell_peers: False when another node closed it (L{remote_closed}).
         """
         if not room.open:
             return []
         room.open = False
         notice = wire.encode_notice("closed", reason=reason)
         sends: Sends = []
-        for member in list(room.members.values()):
+        members = list(room.members.values())
+        for member in members:
             if member.addr is not None:
                 sends.append((notice, member.addr))
             self._forget(member)
             self.stats.removed[reason] += 1
-        del self.rooms[room.name]
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
         log.info("room {room} closed ({reason})", room=room.name, reason=reason)
+        if tell_peers:
+            self.peers.closed(room, reason, members)
         return sends
+
+    # Other nodes' members (a cluster): the registry and pub/sub call these.
+
+    def adopt(self, name: str, room_id: str, host_name: str, password: PasswordHash | None, capacity: int | None) -> Room:
+        """
+        The local copy of a room hosted on another node (made if missing,
+        or if the one held is an earlier room of that name).
+        """
+        room = self.rooms.get(name)
+        if room is not None and room.id == room_id:
+            return room
+        if room is not None:
+            self.close(room, "host_left")
+        room = Room(name, password, capacity, room_id)
+        room.replica = True
+        room.host_name = host_name
+        self.rooms[name] = room
+        return room
+
+    def remote_member(self, room: Room, name: str, node: str) -> bool:
+        """
+        C{name}, a member on C{node}, is in C{room}; True if C{node} had no
+        member in it before.
+        """
+        if name in room.members or room.remote.get(name) == node:
+            return False
+        self._drop_remote(room, name)
+        room.remote[name] = node
+        count = room.peer_nodes.get(node, 0)
+        room.peer_nodes[node] = count + 1
+        return count == 0
+
+    def _drop_remote(self, room: Room, name: str) -> str | None:
+        node = room.remote.pop(name, None)
+        if node is not None:
+            count = room.peer_nodes[node] - 1
+            if count:
+                room.peer_nodes[node] = count
+            else:
+                del room.peer_nodes[node]
+        return node
+
+    def remote_bound(self, room: Room, name: str, node: str) -> Sends:
+        """C{name} on C{node} bound its token: the join notice, once."""
+        self.remote_member(room, name, node)
+        if name in room.roster or name in room.members:
+            return []
+        room.roster[name] = node
+        notice = wire.encode_notice("join", user=name)
+        return [(notice, m.addr) for m in room.bound]  # type: ignore[misc]
+
+    def remote_left(self, room: Room, name: str, reason: str) -> Sends:
+        """C{name}, a member on another node, is gone: the leave notice if it was bound."""
+        if self._drop_remote(room, name) is None or name not in room.roster:
+            return []  # unknown, or never bound: nobody was told it joined
+        del room.roster[name]
+        notice = wire.encode_notice("leave", user=name, reason=reason)
+        return [(notice, m.addr) for m in room.bound]  # type: ignore[misc]
+
+    def remote_closed(self, room: Room, reason: str) -> Sends:
+        """Another node closed C{room} (its host left, or it stopped)."""
+        return self.close(room, reason, tell_peers=False)
 
     def delivery_failed(self, member: Member) -> Sends:
         """

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from ocm import wire
 from ocm.limits import TokenBuckets
 from ocm.passwords import at_low_priority, hash_password, verify_password
+from ocm.registry import LocalRegistry, Registry
 from ocm.rooms import Member, RoomError, Rooms, normalise_ip
 
 log = Logger()
@@ -147,6 +148,8 @@ class TCRPFactory(ServerFactory):
     @ivar udp_port: returns the relay's port, for the 200 response.
     @ivar run_blocking: runs a slow function (password hashing) off the
         reactor thread, at low priority, unless a test says otherwise.
+    @ivar registry: where rooms are created, found and joined (the local
+        rooms by default; L{ocm.cluster.RedisRegistry} when clustered).
     """
 
     protocol = TCRPProtocol  # type: ignore[assignment]
@@ -163,8 +166,10 @@ class TCRPFactory(ServerFactory):
         request_burst: float = 400.0,
         password_tries: int = 5,
         max_connections_per_ip: int = 100,
+        registry: Registry | None = None,
     ) -> None:
         self.rooms = rooms
+        self.registry: Registry = registry if registry is not None else LocalRegistry(rooms)
         self.udp_port = udp_port
         self.clock = clock
         self.max_payload = max_payload
@@ -228,7 +233,9 @@ class TCRPFactory(ServerFactory):
             raise RoomError(429, "too many requests from this address; slow down")
         request = wire.parse_request(frame)
         if request.operation == wire.OP_LIST:
-            return self._ok(request, [wire.complete_frame(wire.OP_LIST, frame.room, wire.encode_json(self.rooms.listing()))])
+            return self.registry.listing().addCallback(
+                lambda listing: self._ok(request, [wire.complete_frame(wire.OP_LIST, frame.room, wire.encode_json(listing))])
+            )
         if request.operation == wire.OP_CREATE:
             return self._create(request, peer, wanted)
         return self._join(request, peer, wanted)
@@ -247,39 +254,40 @@ class TCRPFactory(ServerFactory):
 
     def _create(self, request: wire.Request, peer: str, wanted: Callable[[], bool]) -> Any:
         fields = request.fields
-        self.rooms.check_create(request.room)
+        self.registry.check_create(request.room)
 
-        def create(password: Any) -> list[bytes]:
+        def create(password: Any) -> defer.Deferred[list[bytes]]:
             if not wanted():
                 raise ClientGone()
-            member = self.rooms.create(
+            d = self.registry.create(
                 request.room,
                 fields["username"],
                 peer,
                 self.clock.seconds(),
-                password=password,
-                capacity=fields["capacity"],
+                password,
+                fields["capacity"],
             )
-            return self._issued(request, member)
+            return d.addCallback(lambda member: self._issued(request, member))
 
         if fields["password"]:
             return self.run_blocking(hash_password, fields["password"]).addCallback(create)
         return create(None)
 
     def _join(self, request: wire.Request, peer: str, wanted: Callable[[], bool]) -> Any:
-        fields = request.fields
-        room = self.rooms.find(request.room)
+        return self.registry.find(request.room).addCallback(self._join_found, request, peer, wanted)
 
+    def _join_found(self, room: Any, request: wire.Request, peer: str, wanted: Callable[[], bool]) -> Any:
+        fields = request.fields
         guess_key = (normalise_ip(peer), request.room)
 
-        def join(ok: bool) -> list[bytes]:
+        def join(ok: bool) -> defer.Deferred[list[bytes]]:
             if not wanted():
                 raise ClientGone()
             if not ok:
                 self.guesses.charge(guess_key, self.clock.seconds())
                 raise RoomError(401, "wrong password")
-            member = self.rooms.join(room, fields["username"], peer, self.clock.seconds())
-            return self._issued(request, member)
+            d = self.registry.join(room, fields["username"], peer, self.clock.seconds())
+            return d.addCallback(lambda member: self._issued(request, member))
 
         if room.password is None:
             return join(True)

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from ocm import wire
 from ocm.fanout import NATIVE, FanOut, Failures, fan_out_of, pack_address
-from ocm.rooms import Address, Member, Rooms, Sends, normalise_ip_cached
+from ocm.rooms import Address, Member, Room, Rooms, Sends, normalise_ip_cached
 from ocm.sending import enlarge_receive_buffer, is_overload, send_all, sendto_of
 
 log = Logger()
@@ -132,7 +132,21 @@ class RelayProtocol(DatagramProtocol):
         sender (L{ocm.fanout}: the hot path).  Failures come back set aside
         and are dealt with after the loop, so none stops the rest of the room.
         """
-        sent, failed = self._fan(out, sender.room.bound, sender)  # type: ignore[misc]
+        room = sender.room
+        sent, failed = self._fan(out, room.bound, sender)  # type: ignore[misc]
+        self.stats.relayed += sent
+        if failed is not None:
+            self._delivery_failed(failed)
+        peers = self.rooms.peers
+        if peers.shared:
+            peers.chat(room, out)
+
+    def deliver(self, room: Room, out: bytes) -> None:
+        """
+        Write C{out}, a chat message from another node's member, to every
+        bound member of C{room} here.
+        """
+        sent, failed = self._fan(out, room.bound, None)  # type: ignore[misc,arg-type]
         self.stats.relayed += sent
         if failed is not None:
             self._delivery_failed(failed)

@@ -388,6 +388,11 @@ class Rooms:
             room.bound.remove(member)
             room.roster.pop(member.name, None)
 
+    def drop_if_empty(self, room: Room) -> None:
+        """Forget C{room} if it is a replica with no local member (a join undone)."""
+        if room.replica and not room.members:
+            self._drop_replica(room)
+
     def _drop_replica(self, room: Room) -> None:
         room.open = False
         if self.rooms.get(room.name) is room:

@@ -68,12 +68,25 @@ class Options(usage.Options):
         ["metrics", None, None, "TCP port for Prometheus metrics at /metrics (off unless given).", usage.portCoerce],
         ["metrics-interface", None, "127.0.0.1", "Address the metrics port listens on."],
         ["max-connections-per-ip", None, 100, "Open TCRP connections one IP may hold (429 beyond).", positive_int],
+        ["redis", None, None, "Share the rooms with other nodes through this Redis (redis://host[:port][/db]; off unless given)."],
+        ["node", None, "", "This node's name in the cluster, unique (default: host name and ports)."],
     ]
 
     def postOptions(self) -> None:
         """Check the options against each other."""
         if self["lobby"] is not None and self["lobby"] == self["udp"] != 0:
             raise usage.UsageError("--lobby and --udp must be different ports")
+        if self["redis"] is not None:
+            from ocm.cluster import RedisAddress
+
+            try:
+                self["redis-address"] = RedisAddress.parse(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        elif self["node"]:
+            raise usage.UsageError("--node names a cluster node: give --redis too")
+        if len(self["node"].encode("utf-8")) > 200:
+            raise usage.UsageError("--node: at most 200 bytes")
 
 
 class ShutdownNotices(service.Service):
@@ -131,6 +144,14 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         stats=stats,
     )
     relay = RelayProtocol(rooms, reactor)
+    registry = None
+    cluster = None
+    if config["redis"] is not None:
+        from ocm.cluster import RedisCluster
+
+        cluster = RedisCluster(rooms, config["redis-address"], reactor, node=config["node"])
+        cluster.relay = relay
+        registry = cluster
     top = service.MultiService()
     top.rooms = rooms  # type: ignore[attr-defined]
     top.relay = relay  # type: ignore[attr-defined]
@@ -152,6 +173,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         request_burst=config["request-burst"],
         password_tries=config["password-tries"],
         max_connections_per_ip=config["max-connections-per-ip"],
+        registry=registry,
     )
     top.tcrp = factory  # type: ignore[attr-defined]
     tcp = internet.TCPServer(config["tcp"], factory, interface=config["interface"])
@@ -185,6 +207,18 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
     timer.clock = reactor
     timer.setName("sweep")
     timer.setServiceParent(top)
+
+    if cluster is not None:
+        from ocm.cluster import ClusterService
+
+        def ports() -> tuple[int, int]:
+            return tcp._port.getHost().port, udp_port()  # type: ignore[attr-defined]
+
+        # Stops after the shutdown notices, so that they leave in its last batches.
+        clustered = ClusterService(cluster, ports)
+        clustered.setName("cluster")
+        clustered.setServiceParent(top)
+        top.cluster = cluster  # type: ignore[attr-defined]
 
     ShutdownNotices(relay).setServiceParent(top)
     return top

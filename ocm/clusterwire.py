@@ -1,0 +1,106 @@
+"""
+The cluster's pub/sub messages (docs/cluster.rst gives every byte).
+
+A node sends each other node at most one Redis PUBLISH per reactor turn,
+on the channel C{ocm:node:<name>}, carrying a batch:
+
+    batch  = OriginSize (1) | Origin (UTF-8 node name) | record*
+    record = Kind (1) | RoomNameSize (1) | RoomName | BodySize (2, big-endian) | Body
+
+Pure codec: no I/O.  Also the RESP encoding of PUBLISH, written as is to
+Redis so that the chat path pays a few microseconds per batch, not a
+client library's round of Deferreds per message.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+#: Record kinds.
+CHAT = 0x43  # "C": Body = a relayed datagram (UserNameSize | UserName | Message)
+MEMBER = 0x4D  # "M": Body = username; joined on the origin (not bound yet)
+BOUND = 0x42  # "B": Body = username; bound its token on the origin
+LEFT = 0x4C  # "L": Body = ReasonSize (1) | Reason | username
+CLOSED = 0x58  # "X": Body = reason; the room is closed
+
+KINDS = frozenset({CHAT, MEMBER, BOUND, LEFT, CLOSED})
+
+_SIZE = struct.Struct(">H")
+
+
+class ClusterWireError(ValueError):
+    """A batch that does not parse."""
+
+
+def channel(node: str) -> bytes:
+    """The channel node C{node} reads its batches from."""
+    return b"ocm:node:" + node.encode("utf-8")
+
+
+def batch_header(node: str) -> bytes:
+    """C{OriginSize | Origin}, which starts every batch C{node} sends."""
+    name = node.encode("utf-8")
+    if not 1 <= len(name) <= 255:
+        raise ValueError("a node name is 1..255 bytes of UTF-8")
+    return bytes((len(name),)) + name
+
+
+def record(kind: int, room: bytes, body: bytes) -> bytes:
+    """One record of a batch."""
+    return bytes((kind, len(room))) + room + _SIZE.pack(len(body)) + body
+
+
+def left_body(username: str, reason: str) -> bytes:
+    """The body of a LEFT record."""
+    r = reason.encode("ascii")
+    return bytes((len(r),)) + r + username.encode("utf-8")
+
+
+def parse_left(body: bytes) -> tuple[str, str]:
+    """(username, reason) of a LEFT record's body."""
+    if not body or len(body) < 1 + body[0]:
+        raise ClusterWireError("short LEFT record")
+    return body[1 + body[0] :].decode("utf-8"), body[1 : 1 + body[0]].decode("ascii")
+
+
+def parse_batch(data: bytes) -> tuple[str, Iterator[tuple[int, bytes, bytes]]]:
+    """
+    (origin, records) of a batch; the records, C{(kind, room, body)}, are
+    parsed as they are taken, and raise L{ClusterWireError} where the batch
+    is cut short.  Unknown kinds are skipped (a newer node's).
+    """
+    if not data or len(data) < 1 + data[0] or data[0] == 0:
+        raise ClusterWireError("short batch header")
+    end = 1 + data[0]
+    origin = data[1:end].decode("utf-8")
+
+    def records() -> Iterator[tuple[int, bytes, bytes]]:
+        at = end
+        size = len(data)
+        while at < size:
+            if at + 2 > size:
+                raise ClusterWireError("short record header")
+            kind = data[at]
+            room_end = at + 2 + data[at + 1]
+            if room_end + 2 > size:
+                raise ClusterWireError("short record")
+            (body_size,) = _SIZE.unpack_from(data, room_end)
+            body_end = room_end + 2 + body_size
+            if body_end > size:
+                raise ClusterWireError("short record body")
+            if kind in KINDS:
+                yield kind, data[at + 2 : room_end], data[room_end + 2 : body_end]
+            at = body_end
+
+    return origin, records()
+
+
+def resp_command(*parts: bytes) -> bytes:
+    """One Redis command in RESP (an array of bulk strings)."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n" % len(part))
+        out.append(part)
+        out.append(b"\r\n")
+    return b"".join(out)

@@ -1,0 +1,221 @@
+"""
+The cluster (C{--redis}): three nodes built by the plugin's own
+C{makeService} and one real redis-server, real sockets on 127.0.0.1,
+members split across the nodes, every wait bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from ocm import wire
+from ocm.tap import Options, makeService
+from tests.helpers import listen_udp, sleep, spawn_twistd, status_of, tcrp, wait_until, free_port
+from tests.redis_server import RedisServer, require_redis
+
+
+class Node:
+    """One ocm node of the test cluster."""
+
+    def __init__(self, case: unittest.TestCase, name: str, redis_url: str, *args: str) -> None:
+        options = Options()
+        options.parseOptions(["--tcp", "0", "--udp", "0", "--interface", "127.0.0.1", "--redis", redis_url, "--node", name, *args])
+        self.name = name
+        self.service = makeService(options, reactor)
+        self.service.startService()
+        self.rooms = self.service.rooms  # type: ignore[attr-defined]
+        self.cluster = self.service.cluster  # type: ignore[attr-defined]
+        self.tcp_port = self.service.getServiceNamed("tcp")._port.getHost().port  # type: ignore[attr-defined]
+        self.udp_port = self.service.getServiceNamed("udp")._port.getHost().port  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self.service.running:
+            await self.service.stopService()
+
+
+class Member:
+    """A test client of one node: a token and a UDP socket of its own."""
+
+    def __init__(self, case: unittest.TestCase, udp_port: int, room: str, name: str, token: bytes) -> None:
+        self.udp_port = udp_port
+        self.room = room
+        self.name = name
+        self.token = token
+        self.peer, self.port = listen_udp()
+        case.addCleanup(self.port.stopListening)
+
+    def send(self, message: bytes) -> None:
+        self.port.write(wire.encode_datagram(self.room.encode(), self.token, message), ("127.0.0.1", self.udp_port))
+
+    async def hello(self) -> None:
+        for _ in range(50):
+            self.send(wire.HELLO)
+            try:
+                await wait_until(lambda: self.peer.notices("welcome"), 0.1)
+                return
+            except AssertionError:
+                pass
+        raise AssertionError(f"no welcome for {self.name}")
+
+    def chats(self) -> list[tuple[str, str]]:
+        return self.peer.chats()
+
+
+class ClusterCase(unittest.TestCase):
+    """One redis-server and three nodes, a, b and c."""
+
+    timeout = 60
+    node_args: list[str] = []
+
+    async def setUp(self) -> None:
+        require_redis()
+        self.redis = RedisServer(os.path.abspath(self.mktemp()))
+        self.redis.start()
+        self.addCleanup(self.redis.stop)
+        self.nodes = {name: Node(self, name, self.redis.url, *self.node_args) for name in "abc"}
+        for node in self.nodes.values():
+            self.addCleanup(node.stop)
+        await wait_until(lambda: all(n.cluster.ready for n in self.nodes.values()), 10, "every node ready")
+
+    async def request(self, node: str, operation: int, room: str, **payload: Any) -> tuple[dict[str, Any], list[wire.Frame]]:
+        frames = await tcrp(self.nodes[node].tcp_port, operation, room, payload)
+        return status_of(frames), frames
+
+    async def member(self, node: str, operation: int, room: str, name: str, hello: bool = True, **payload: Any) -> Member:
+        body, frames = await self.request(node, operation, room, username=name, **payload)
+        self.assertEqual(body["status"], 200, body)
+        self.assertEqual(body["udp_port"], self.nodes[node].udp_port)
+        m = Member(self, self.nodes[node].udp_port, room, name, frames[1].payload)
+        if hello:
+            await m.hello()
+        return m
+
+    async def room(self, name: str, placement: str, **payload: Any) -> list[Member]:
+        """
+        A room whose host is on node C{placement[0]} and guest i on
+        C{placement[i]}; every member bound and known to all, notices cleared.
+        """
+        members = [await self.member(placement[0], 1, name, "host", **payload)]
+        for i, node in enumerate(placement[1:], 1):
+            members.append(await self.member(node, 2, name, f"guest{i}", password=payload.get("password", "")))
+        everyone = {m.name for m in members}
+        await wait_until(lambda: all(set(m.peer.notices("welcome")[-1]["members"]) | {n["user"] for n in m.peer.notices("join")} >= everyone for m in members), 5, "everyone known to everyone")
+        for m in members:
+            m.peer.received.clear()
+        return members
+
+
+class ClusterChat(ClusterCase):
+    """The end-to-end chat scenarios with members split across nodes."""
+
+    async def test_room_exists_on_every_node(self) -> None:
+        """Created on a, joined with its password on b and c; listed on every node with its count; hash only in Redis."""
+        body, _ = await self.request("a", 1, "部屋", username="アリス", password="秘密の合言葉", capacity=5)
+        self.assertEqual(body["status"], 200)
+        body, _ = await self.request("b", 2, "部屋", username="ボブ", password="違う")
+        self.assertEqual(body["status"], 401)
+        body, _ = await self.request("b", 2, "部屋", username="ボブ", password="秘密の合言葉")
+        self.assertEqual(body["status"], 200)
+        body, _ = await self.request("c", 2, "部屋", username="チャーリー", password="秘密の合言葉")
+        self.assertEqual(body["status"], 200)
+        for node in "abc":
+            body, frames = await self.request(node, 3, "")
+            self.assertEqual(wire.decode_json(frames[1].payload), [{"name": "部屋", "members": 3, "capacity": 5, "protected": True}])
+        dump = self.redis.command("HGETALL", "ocm:{" + "部屋".encode().hex() + "}:room")
+        self.assertIn(b"scrypt$", dump)
+        self.assertNotIn("秘密の合言葉".encode(), dump)
+
+    async def test_chat_reaches_everyone_once_in_order(self) -> None:
+        """Chat from each node reaches every other member on a, b and c exactly once, byte for byte, in order."""
+        members = await self.room("r", "aabbcc")
+        texts = [f"メッセージ {i} " + "x" * (i % 7) for i in range(60)]
+        for sender in (members[0], members[3], members[5]):
+            for text in texts:
+                sender.send(text.encode())
+            await wait_until(lambda s=sender: all(len([c for c in m.chats() if c[0] == s.name]) == len(texts) for m in members if m is not s), 10, "every chat")
+        for m in members:
+            for sender in (members[0], members[3], members[5]):
+                got = [text for name, text in m.chats() if name == sender.name]
+                self.assertEqual(got, [] if m is sender else texts)
+        raw = [d for d in members[4].peer.received if d[1:1 + 5] == b"guest"]
+        self.assertIn(wire.sender_prefix(b"guest3") + texts[0].encode(), raw)
+
+    async def test_welcome_who_join_leave_across_nodes(self) -> None:
+        """welcome and who list members of every node; join and leave notices cross nodes."""
+        host, b1 = await self.room("r", "ab")
+        c1 = await self.member("c", 2, "r", "carol")
+        self.assertEqual(set(c1.peer.notices("welcome")[0]["members"]), {"host", "guest1", "carol"})
+        self.assertEqual(c1.peer.notices("welcome")[0]["host"], "host")
+        await wait_until(lambda: host.peer.notices("join") and b1.peer.notices("join"), 5, "join notices")
+        self.assertEqual(host.peer.notices("join"), [{"event": "join", "user": "carol"}])
+        self.assertEqual(b1.peer.notices("join"), [{"event": "join", "user": "carol"}])
+        b1.send(wire.WHO)
+        await wait_until(lambda: b1.peer.notices("members"), 5, "members")
+        self.assertEqual(set(b1.peer.notices("members")[0]["members"]), {"host", "guest1", "carol"})
+        c1.send(wire.LEAVE)
+        await wait_until(lambda: host.peer.notices("leave") and b1.peer.notices("leave"), 5, "leave notices")
+        self.assertEqual(b1.peer.notices("leave"), [{"event": "leave", "user": "carol", "reason": "left"}])
+        # carol's name is free again, cluster-wide
+        body, _ = await self.request("a", 2, "r", username="carol")
+        self.assertEqual(body["status"], 200)
+
+    async def test_host_leaving_closes_everywhere(self) -> None:
+        """The host leaving on b closes the room on a, b and c; its name is free again."""
+        host, a1, c1 = await self.room("r", "bac")
+        host.send(wire.LEAVE)
+        for m in (a1, c1):
+            await wait_until(lambda m=m: m.peer.notices("closed"), 5, "closed")
+            self.assertEqual(m.peer.notices("closed"), [{"event": "closed", "reason": "host_left"}])
+        await wait_until(lambda: all("r" not in n.rooms.rooms for n in self.nodes.values()), 5, "room gone")
+        body, _ = await self.request("c", 1, "r", username="new")
+        self.assertEqual(body["status"], 200)
+        body, frames = await self.request("a", 3, "")
+        self.assertEqual(wire.decode_json(frames[1].payload), [{"name": "r", "members": 1, "capacity": None, "protected": False}])
+
+    async def test_unique_names_and_capacity_across_nodes(self) -> None:
+        """Room names and usernames are unique across the cluster; capacity counts every node."""
+        await self.member("a", 1, "r", "host", capacity=2)
+        body, _ = await self.request("b", 1, "r", username="other")
+        self.assertEqual(body["status"], 409)
+        body, _ = await self.request("c", 2, "r", username="host")
+        self.assertEqual(body["status"], 409)
+        body, _ = await self.request("b", 2, "r", username="second")
+        self.assertEqual(body["status"], 200)
+        body, _ = await self.request("c", 2, "r", username="third")
+        self.assertEqual(body["status"], 503)
+        body, _ = await self.request("c", 2, "nowhere", username="x")
+        self.assertEqual(body["status"], 404)
+
+    async def test_create_race(self) -> None:
+        """Two creates of one name on two nodes at the same moment: one 200, one 409 (decided in Redis)."""
+        for i in range(20):
+            name = f"race{i}"
+            results = await defer.gatherResults(
+                [defer.ensureDeferred(self.request(node, 1, name, username=f"u{node}")) for node in ("a", "b")]
+            )
+            self.assertEqual(sorted(body["status"] for body, _ in results), [200, 409], name)
+        self.assertEqual(sum(len(n.rooms.rooms) for n in self.nodes.values()), 20)
+
+
+class ClusterTimeouts(ClusterCase):
+    """Idle timeouts work as on one node, each node for its own members."""
+
+    node_args = ["--timeout", "2"]
+
+    async def test_idle_member_on_other_node(self) -> None:
+        """A silent member on c times out: it gets disconnected, the others on a and b a leave notice."""
+        host, b1, c1 = await self.room("r", "abc")
+        for _ in range(8):  # host and b1 keep alive, c1 is silent
+            host.send(b"")
+            b1.send(b"")
+            await sleep(0.4)
+            if host.peer.notices("leave"):
+                break
+        await wait_until(lambda: host.peer.notices("leave") and b1.peer.notices("leave"), 5, "leave notices")
+        self.assertEqual(host.peer.notices("leave"), [{"event": "leave", "user": "guest2", "reason": "timeout"}])
+        self.assertEqual(c1.peer.notices("disconnected"), [{"event": "disconnected", "reason": "timeout"}])

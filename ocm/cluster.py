@@ -292,9 +292,11 @@ class RedisCluster(Peers):
         self.publisher: Publisher | None = None
         self.subscribed = False
         self.clean = False  # this node's leftovers of a previous run reaped
+        self.alive = False  # its heartbeat written once: other nodes can reap it
         self._rebuild_wanted = True
         self._down_reported = False
         self._pending: set[defer.Deferred[Any]] = set()
+        self._missing_since: dict[str, float] = {}
         self._beat: task.LoopingCall | None = None
         self._beating = False
         rooms.peers = self
@@ -341,7 +343,7 @@ class RedisCluster(Peers):
         if self._pending:
             await self._bounded(defer.DeferredList(list(self._pending)))
         if self.ready:
-            await self._bounded(self._eval(scripts.REAP, self.node))
+            await self._bounded(self._eval(scripts.REAP, self.node, "gone"))
             await self._bounded(self.command.delete(f"ocm:alive:{self.node}"))
         stops: list[defer.Deferred[Any]] = []
         if self.publisher is not None:
@@ -371,6 +373,7 @@ class RedisCluster(Peers):
             self.command_up
             and self.subscribed
             and self.clean
+            and self.alive
             and self.publisher is not None
             and self.publisher.current is not None
         )
@@ -397,8 +400,9 @@ class RedisCluster(Peers):
             if result is not None:
                 self._reaped(self.node, result)
                 self.clean = True
+                self.beat()  # in the node set, beating, before taking a request
 
-        self._fire(self._eval(scripts.REAP, self.node)).addCallback(reaped)
+        self._fire(self._eval(scripts.REAP, self.node, "gone")).addCallback(reaped)
 
     def subscriber_ready(self, proto: Any) -> None:
         """The subscriber connected: subscribe to this node's channel."""
@@ -535,17 +539,39 @@ class RedisCluster(Peers):
         return self._eval(scripts.JOIN, info.name, info.id, username, self.node).addCallbacks(joined, self._registry_failed)
 
     def _sync_remote(self, room: Room, members: list[tuple[str, str]], bound: list[tuple[str, str]]) -> Sends:
-        """Make C{room}'s remote members those the registry lists (notices for the changes)."""
+        """
+        Learn C{room}'s remote members from the registry (notices for those
+        newly bound).  Only additions: a departure is told by its node (a
+        LEFT or SYNC record) or by the reaper, never inferred from a registry
+        that another node may not have rebuilt yet.
+        """
         sends: Sends = []
-        others = {user: node for user, node in members if node != self.node}
-        for user in [u for u, node in room.remote.items() if others.get(u) != node]:
-            sends.extend(self.rooms.remote_left(room, user, NODE_GONE))
-        for user, node in others.items():
-            self.rooms.remote_member(room, user, node)
+        for user, node in members:
+            if node != self.node:
+                self.rooms.remote_member(room, user, node)
         for user, node in bound:
             if node != self.node:
                 sends.extend(self.rooms.remote_bound(room, user, node))
         return sends
+
+    def _sync_record(self, room: Room, reply: bool) -> bytes:
+        members = [(m.name, m.addr is not None) for m in room.members.values()]
+        return cw.record(cw.SYNC, room.name_bytes, cw.sync_body(members, reply))
+
+    def _synced(self, origin: str, room: Room, body: bytes) -> None:
+        """C{origin}'s whole membership of C{room}: make ours match it."""
+        members, reply = cw.parse_sync(body)
+        names = {name for name, _ in members}
+        sends: Sends = []
+        for user in [u for u, node in room.remote.items() if node == origin and u not in names]:
+            sends.extend(self.rooms.remote_left(room, user, "left"))
+        for name, bound in members:
+            self.rooms.remote_member(room, name, origin)
+            if bound:
+                sends.extend(self.rooms.remote_bound(room, name, origin))
+        self.relay.send_all(sends)
+        if reply:
+            self.outbox.add(origin, self._sync_record(room, False))  # type: ignore[union-attr]
 
     def listing(self) -> defer.Deferred[list[dict[str, Any]]]:
         """See L{ocm.registry.Registry.listing}: every room of the cluster."""
@@ -645,6 +671,8 @@ class RedisCluster(Peers):
             self.relay.send_all(self.rooms.remote_left(room, user, reason))
         elif kind == cw.CLOSED:
             self.relay.send_all(self.rooms.remote_closed(room, body.decode("ascii")))
+        elif kind == cw.SYNC:
+            self._synced(origin, room, body)
 
     # Heartbeat, reaping, rebuilding
 
@@ -666,6 +694,7 @@ class RedisCluster(Peers):
 
         def beaten(result: Any) -> Any:
             had, dead = int(result[0]), result[1]
+            self.alive = True
             if not had:
                 self._rebuild_wanted = True
             steps = [self._reap(node) for node in dead]
@@ -680,7 +709,7 @@ class RedisCluster(Peers):
 
     def _reap(self, node: str) -> defer.Deferred[Any]:
         log.warn("node {node} stopped beating: removing its members", node=node)
-        return self._fire(self._eval(scripts.REAP, node).addCallback(lambda result: self._reaped(node, result)))
+        return self._fire(self._eval(scripts.REAP, node, "gone").addCallback(lambda result: self._reaped(node, result)))
 
     def _reaped(self, node: str, result: Any) -> None:
         """Tell the nodes concerned, and this one, what a REAP removed."""
@@ -716,7 +745,21 @@ class RedisCluster(Peers):
             self._reaped(self.node, result)
             return defer.DeferredList([self._rebuild_room(room) for room in held if room.open])
 
-        return self._eval(scripts.REAP, self.node, *[room.name for room in held]).addCallback(rebuild_rooms)
+        return self._eval(scripts.REAP, self.node, "keep", *[room.name for room in held]).addCallback(rebuild_rooms)
+
+    def _missing(self, room: Room) -> None:
+        """
+        The registry has no such room (or another of that name).  A replica's
+        host node may not have rebuilt yet after a Redis restart: give it one
+        heartbeat TTL, then close the room here.
+        """
+        now = self.clock.seconds()
+        since = self._missing_since.setdefault(room.id, now)
+        if room.replica and now - since < self.heartbeat_ttl:
+            self._rebuild_wanted = True  # again at the next beat
+            return
+        self._missing_since.pop(room.id, None)
+        self.relay.send_all(self.rooms.remote_closed(room, "host_left"))
 
     def _rebuild_room(self, room: Room) -> defer.Deferred[Any]:
         args: list[Any] = [
@@ -736,13 +779,16 @@ class RedisCluster(Peers):
             if not room.open:
                 return
             if not result:
-                self.relay.send_all(self.rooms.remote_closed(room, "host_left"))
+                self._missing(room)
                 return
+            self._missing_since.pop(room.id, None)
             self.relay.send_all(self._sync_remote(room, pairs(result[0]), pairs(result[1])))
-            for member in room.members.values():
-                self._tell(room, cw.record(cw.MEMBER, room.name_bytes, member.name_bytes))
-                if member.addr is not None:
-                    self._tell(room, cw.record(cw.BOUND, room.name_bytes, member.name_bytes))
+            # every node with members there learns who is here, and answers in kind
+            record = self._sync_record(room, True)
+            nodes = {node for _, node in pairs(result[0])} | set(room.peer_nodes)
+            nodes.discard(self.node)
+            for node in nodes:
+                self.outbox.add(node, record)  # type: ignore[union-attr]
 
         return self._eval(scripts.REBUILD, *args).addCallback(rebuilt)
 

@@ -102,13 +102,14 @@ if had then return {1, dead} end
 return {0, dead}
 """
 
-#: ARGV: node, then names of rooms to keep (the node's own rebuild).
+#: ARGV: node, mode, then names of rooms to keep.  Mode C{gone}: the node
+#: is dead or stopped, and leaves the node set; C{keep}: its own rebuild.
 #: Removes the node's members from every other room it was in; closes
 #: those it hosted.  -> list of {name, id, 'closed' | 'left', {nodes to
 #: tell}, {user, ...}}.
 REAP = _KEYS + """
 local keep = {}
-for i = 2, #ARGV do keep[ARGV[i]] = true end
+for i = 3, #ARGV do keep[ARGV[i]] = true end
 local where = 'ocm:where:' .. ARGV[1]
 local out = {}
 for _, name in ipairs(redis.call('SMEMBERS', where)) do
@@ -138,7 +139,7 @@ for _, name in ipairs(redis.call('SMEMBERS', where)) do
     redis.call('SREM', where, name)
   end
 end
-if #ARGV == 1 then
+if ARGV[2] == 'gone' then
   redis.call('DEL', where)
   redis.call('SREM', 'ocm:nodes', ARGV[1])
 end

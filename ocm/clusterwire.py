@@ -23,8 +23,9 @@ MEMBER = 0x4D  # "M": Body = username; joined on the origin (not bound yet)
 BOUND = 0x42  # "B": Body = username; bound its token on the origin
 LEFT = 0x4C  # "L": Body = ReasonSize (1) | Reason | username
 CLOSED = 0x58  # "X": Body = reason; the room is closed
+SYNC = 0x53  # "S": Body = Reply (1) | (Bound (1) | UserNameSize (1) | UserName)*: every member the origin has there
 
-KINDS = frozenset({CHAT, MEMBER, BOUND, LEFT, CLOSED})
+KINDS = frozenset({CHAT, MEMBER, BOUND, LEFT, CLOSED, SYNC})
 
 _SIZE = struct.Struct(">H")
 
@@ -62,6 +63,30 @@ def parse_left(body: bytes) -> tuple[str, str]:
     if not body or len(body) < 1 + body[0]:
         raise ClusterWireError("short LEFT record")
     return body[1 + body[0] :].decode("utf-8"), body[1 : 1 + body[0]].decode("ascii")
+
+
+def sync_body(members: list[tuple[str, bool]], reply: bool) -> bytes:
+    """The body of a SYNC record: the origin's members of a room, and whether to answer in kind."""
+    out = [b"\x01" if reply else b"\x00"]
+    for name, bound in members:
+        raw = name.encode("utf-8")
+        out.append(bytes((1 if bound else 0, len(raw))) + raw)
+    return b"".join(out)
+
+
+def parse_sync(body: bytes) -> tuple[list[tuple[str, bool]], bool]:
+    """(members, reply) of a SYNC record's body."""
+    if not body:
+        raise ClusterWireError("empty SYNC record")
+    members = []
+    at = 1
+    while at < len(body):
+        if at + 2 > len(body) or at + 2 + body[at + 1] > len(body):
+            raise ClusterWireError("short SYNC record")
+        end = at + 2 + body[at + 1]
+        members.append((body[at + 2 : end].decode("utf-8"), body[at] == 1))
+        at = end
+    return members, body[0] == 1
 
 
 def parse_batch(data: bytes) -> tuple[str, Iterator[tuple[int, bytes, bytes]]]:

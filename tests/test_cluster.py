@@ -10,12 +10,14 @@ import os
 import signal
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from ocm import wire
 from ocm.tap import Options, makeService
-from tests.helpers import listen_udp, sleep, spawn_twistd, status_of, tcrp, wait_until, free_port
+import socket
+
+from tests.helpers import free_port, listen_udp, sleep, spawn_twistd, status_of, tcrp, wait_until
 from tests.redis_server import RedisServer, require_redis
 
 
@@ -219,3 +221,109 @@ class ClusterTimeouts(ClusterCase):
         await wait_until(lambda: host.peer.notices("leave") and b1.peer.notices("leave"), 5, "leave notices")
         self.assertEqual(host.peer.notices("leave"), [{"event": "leave", "user": "guest2", "reason": "timeout"}])
         self.assertEqual(c1.peer.notices("disconnected"), [{"event": "disconnected", "reason": "timeout"}])
+
+
+class ClusterFailures(ClusterCase):
+    """A node killed, and Redis restarted, mid-chat."""
+
+    node_args = ["--timeout", "2"]
+
+    async def test_node_killed(self) -> None:
+        """
+        SIGKILL of a node (a real twistd): within twice --timeout its members
+        leave the rooms of the other nodes and the rooms it hosted close.
+        """
+        tcp_port, udp_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+        proc = spawn_twistd(
+            self, "-n", "ocm", "--tcp", str(tcp_port), "--udp", str(udp_port), "--interface", "127.0.0.1",
+            "--redis", self.redis.url, "--node", "d", "--timeout", "2",
+        )
+
+        async def listed() -> bool:
+            try:
+                return status_of(await tcrp(tcp_port, 3, "", {}))["status"] == 200
+            except Exception:
+                return False
+
+        for _ in range(100):
+            if await listed():
+                break
+            await sleep(0.1)
+        else:
+            raise AssertionError(f"node d did not answer: {proc.output!r}")
+        host = await self.member("a", 1, "on-a", "host")
+        guest_d = await self.connect_d(tcp_port, udp_port, 2, "on-a", "dave")
+        host_d = await self.connect_d(tcp_port, udp_port, 1, "on-d", "dhost")
+        guest_b = await self.member("b", 2, "on-d", "bob")
+        self.keep_alive(host, guest_b, host_d, guest_d)
+        await wait_until(lambda: host.peer.notices("join"), 5, "dave's join notice")
+        guest_d.send("こんにちは".encode())
+        await wait_until(lambda: host.chats() == [("dave", "こんにちは")], 5, "chat from the node to be killed")
+        os.kill(proc.transport.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        await proc.ended
+        started = reactor.seconds()  # type: ignore[attr-defined]
+        await wait_until(lambda: host.peer.notices("leave") and guest_b.peer.notices("closed"), 2 * 2 + 1, "the dead node's members gone")
+        self.assertLessEqual(reactor.seconds() - started, 2 * 2)  # type: ignore[attr-defined]
+        self.assertEqual(host.peer.notices("leave"), [{"event": "leave", "user": "dave", "reason": "unreachable"}])
+        self.assertEqual(guest_b.peer.notices("closed"), [{"event": "closed", "reason": "host_left"}])
+        # the registry forgot them: the name is free, the room gone
+        body, frames = await self.request("c", 3, "")
+        self.assertEqual(wire.decode_json(frames[1].payload), [{"name": "on-a", "members": 1, "capacity": None, "protected": False}])
+        body, _ = await self.request("c", 2, "on-a", username="dave")
+        self.assertEqual(body["status"], 200)
+        self.assertNotIn(b"ocm:alive:d", self.redis.command("KEYS", "ocm:alive:*"))
+        del host_d
+
+    def keep_alive(self, *members: Member) -> None:
+        """Keepalives every 0.4 s (the timeout is 2 s) until the test ends."""
+        loop = task.LoopingCall(lambda: [m.send(b"") for m in members])
+        loop.start(0.4)
+        self.addCleanup(loop.stop)
+
+    async def connect_d(self, tcp_port: int, udp_port: int, operation: int, room: str, name: str) -> Member:
+        frames = await tcrp(tcp_port, operation, room, {"username": name})
+        self.assertEqual(status_of(frames)["status"], 200)
+        m = Member(self, udp_port, room, name, frames[1].payload)
+        await m.hello()
+        return m
+
+    async def test_redis_restarted(self) -> None:
+        """
+        Redis stopped and started again (empty): each node keeps relaying
+        among its own members, answers TCRP with 503, reconnects, and
+        rebuilds its part of the shared state; chat crosses nodes again.
+        """
+        host, a1, b1 = await self.room("r", "aab")
+        self.keep_alive(host, a1, b1)
+        self.redis.stop()
+        await wait_until(lambda: not self.nodes["a"].cluster.ready, 5, "node a noticing")
+        host.send(b"still here")
+        await wait_until(lambda: a1.chats() == [("host", "still here")], 5, "local chat without Redis")
+        body, _ = await self.request("a", 2, "r", username="late")
+        self.assertEqual(body["status"], 503)
+        self.assertIn("Redis", body["message"])
+        body, _ = await self.request("b", 3, "")
+        self.assertEqual(body["status"], 503)
+        self.redis.start()
+        await wait_until(lambda: all(n.cluster.ready for n in self.nodes.values()), 20, "nodes reconnected")
+        await wait_until(lambda: b"ocm:rooms" in self.redis.command("KEYS", "ocm:rooms"), 10, "registry rebuilt")
+        for _ in range(100):
+            host.send(b"after")
+            await sleep(0.05)
+            if ("host", "after") in b1.chats():
+                break
+        self.assertIn(("host", "after"), b1.chats())
+        b1.send(b"back")
+        await wait_until(lambda: ("guest2", "back") in host.chats() and ("guest2", "back") in a1.chats(), 5, "chat from b")
+        # every node has put its members back within a few heartbeats
+        expected = [{"name": "r", "members": 3, "capacity": None, "protected": False}]
+        listing: list[Any] = []
+        for _ in range(50):
+            _, frames = await self.request("c", 3, "")
+            listing = wire.decode_json(frames[1].payload)
+            if listing == expected:
+                break
+            await sleep(0.1)
+        self.assertEqual(listing, expected)
+        body, _ = await self.request("c", 2, "r", username="host")
+        self.assertEqual(body["status"], 409)

@@ -1,0 +1,108 @@
+"""The cluster's pub/sub batch codec and the registry's value encodings (pure)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from ocm import clusterwire as cw
+from ocm.cluster import RedisAddress, decode_password, encode_password, pairs
+from ocm.clusterscripts import room_key
+from ocm.passwords import PasswordHash
+
+names = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=60).filter(lambda s: len(s.encode()) <= 255)
+records = st.lists(st.tuples(st.sampled_from(sorted(cw.KINDS)), names, st.binary(max_size=4094)), max_size=20)
+
+
+class Batches(unittest.TestCase):
+    """Batches parse back to what was put in; cut or junk ones raise, never more."""
+
+    @given(names, records)
+    def test_round_trip(self, origin: str, recs: list[tuple[int, str, bytes]]) -> None:
+        data = cw.batch_header(origin) + b"".join(cw.record(k, r.encode(), b) for k, r, b in recs)
+        got_origin, parsed = cw.parse_batch(data)
+        self.assertEqual(got_origin, origin)
+        self.assertEqual(list(parsed), [(k, r.encode(), b) for k, r, b in recs])
+
+    def test_exact_bytes(self) -> None:
+        """The layout of docs/cluster.rst, byte for byte."""
+        data = cw.batch_header("a") + cw.record(cw.CHAT, b"r", b"\x03bob" + b"hi")
+        self.assertEqual(data, b"\x01a" + b"C\x01r\x00\x06\x03bobhi")
+        self.assertEqual(cw.left_body("bob", "timeout"), b"\x07timeoutbob")
+        self.assertEqual(cw.sync_body([("a", True), ("bc", False)], True), b"\x01\x01\x01a\x00\x02bc")
+        self.assertEqual(cw.resp_command(b"PUBLISH", b"ch", b"x"), b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$1\r\nx\r\n")
+        self.assertEqual(cw.channel("nodé"), "ocm:node:nodé".encode())
+
+    def test_unknown_kind_skipped(self) -> None:
+        data = cw.batch_header("a") + cw.record(0x7A, b"r", b"future") + cw.record(cw.CLOSED, b"r", b"host_left")
+        self.assertEqual(list(cw.parse_batch(data)[1]), [(cw.CLOSED, b"r", b"host_left")])
+
+    @given(names, records, st.data())
+    def test_cut_short_raises(self, origin: str, recs: list[tuple[int, str, bytes]], data: st.DataObject) -> None:
+        whole = cw.batch_header(origin) + b"".join(cw.record(k, r.encode(), b) for k, r, b in recs)
+        cut = data.draw(st.integers(0, len(whole) - 1))
+        try:
+            _, parsed = cw.parse_batch(whole[:cut])
+            list(parsed)
+        except (cw.ClusterWireError, UnicodeDecodeError):
+            pass
+
+    def test_sync_and_left_parse(self) -> None:
+        self.assertEqual(cw.parse_sync(cw.sync_body([("ア", True)], False)), ([("ア", True)], False))
+        self.assertEqual(cw.parse_left(cw.left_body("ボブ", "left")), ("ボブ", "left"))
+        for bad in (b"", b"\x01\x01\x05ab"):
+            self.assertRaises(cw.ClusterWireError, cw.parse_sync, bad)
+        self.assertRaises(cw.ClusterWireError, cw.parse_left, b"\x09left")
+
+    def test_node_names(self) -> None:
+        self.assertRaises(ValueError, cw.batch_header, "")
+        self.assertRaises(ValueError, cw.batch_header, "x" * 256)
+
+
+class Registry(unittest.TestCase):
+    """What the registry stores."""
+
+    def test_password_is_the_hash(self) -> None:
+        h = PasswordHash(b"\x00\x01", b"\xff" * 4, "scrypt")
+        self.assertEqual(encode_password(h), "scrypt$0001$ffffffff")
+        self.assertEqual(decode_password(encode_password(h)), h)
+        self.assertIsNone(decode_password(encode_password(None)))
+
+    def test_keys(self) -> None:
+        self.assertEqual(room_key("部屋", "room"), "ocm:{e983a8e5b18b}:room")
+        self.assertEqual(pairs(["a", "1", "b", "2"]), [("a", "1"), ("b", "2")])
+
+    def test_urls(self) -> None:
+        self.assertEqual(RedisAddress.parse("redis://127.0.0.1:6380/2"), RedisAddress("127.0.0.1", 6380, 2, None))
+        self.assertEqual(RedisAddress.parse("redis://:s%40cret@h"), RedisAddress("h", 6379, 0, "s@cret"))
+        for bad in ("http://h", "redis://", "redis://h/x"):
+            self.assertRaises(ValueError, RedisAddress.parse, bad)
+
+
+class ClusterOptions(unittest.TestCase):
+    """C{--redis} and C{--node} on the command line."""
+
+    def test_options(self) -> None:
+        from twisted.python import usage
+
+        from ocm.tap import Options
+
+        options = Options()
+        options.parseOptions(["--redis", "redis://127.0.0.1:7000/1", "--node", "n1"])
+        self.assertEqual(options["redis-address"], RedisAddress("127.0.0.1", 7000, 1, None))
+        for argv in (["--node", "n1"], ["--redis", "http://x"], ["--redis", "redis://h", "--node", "x" * 201]):
+            self.assertRaises(usage.UsageError, Options().parseOptions, argv)
+
+    def test_no_redis_no_cluster(self) -> None:
+        """Without --redis the service is the single node of before: no cluster, local rooms."""
+        from ocm.registry import LocalRegistry
+        from ocm.rooms import Peers
+        from ocm.tap import Options, makeService
+
+        options = Options()
+        options.parseOptions(["--tcp", "0", "--udp", "0"])
+        top = makeService(options)
+        self.assertFalse(hasattr(top, "cluster"))
+        self.assertIsInstance(top.tcrp.registry, LocalRegistry)  # type: ignore[attr-defined]
+        self.assertIs(type(top.rooms.peers), Peers)  # type: ignore[attr-defined]

@@ -51,6 +51,12 @@ REPLY_TIMEOUT = 3.0
 UNREACHABLE = "the room registry (Redis) is unreachable; try again shortly"
 #: Why the members of a node that died or stopped leave the others' rooms.
 NODE_GONE = "unreachable"
+#: How long a batch may wait for more records (seconds).  One write per
+#: reactor turn at the assignment's load is one loopback TCP send per
+#: datagram or two, and those sends were a third of a node's CPU
+#: (py-spy); gathering a millisecond's records costs at most 1 ms of
+#: latency between nodes.  See the README's Performance section.
+FLUSH_DELAY = 0.001
 
 
 @dataclass(frozen=True)
@@ -108,11 +114,13 @@ class SharedRoom:
 class Outbox:
     """
     The batches for the other nodes, one per destination node, written in
-    one go at the end of the reactor turn (C{callLater(0)}).
+    one go (one PUBLISH each, one write in all) L{FLUSH_DELAY} after the
+    first record: at most once per reactor turn.
     """
 
-    def __init__(self, node: str, clock: IReactorTime, write: Callable[[bytes], bool]) -> None:
+    def __init__(self, node: str, clock: IReactorTime, write: Callable[[bytes], bool], delay: float = FLUSH_DELAY) -> None:
         self.header = cw.batch_header(node)
+        self.delay = delay
         self.clock = clock
         self.write = write
         self.pending: dict[str, list[bytes]] = {}
@@ -128,7 +136,7 @@ class Outbox:
             self.pending[node] = [record]
             if not self.scheduled:
                 self.scheduled = True
-                self.clock.callLater(0, self.flush)
+                self.clock.callLater(self.delay, self.flush)
         else:
             batch.append(record)
 
@@ -297,6 +305,10 @@ class RedisCluster(Peers):
         self._down_reported = False
         self._pending: set[defer.Deferred[Any]] = set()
         self._missing_since: dict[str, float] = {}
+        #: Creates and joins waiting for their script: a rebuild waits for them.
+        self._in_flight = 0
+        #: A rebuild is running: creates and joins wait (503) until it is done.
+        self._rebuilding = False
         self._beat: task.LoopingCall | None = None
         self._beating = False
         rooms.peers = self
@@ -379,6 +391,8 @@ class RedisCluster(Peers):
         )
 
     def _check_up(self) -> None:
+        if self._rebuilding:
+            raise RoomError(503, "the room registry is being rebuilt; try again in a moment")
         if not self.ready:
             if not self._down_reported:
                 self._down_reported = True
@@ -486,7 +500,17 @@ class RedisCluster(Peers):
                 self._script(scripts.CLOSE, name, room_id, self.node)
                 raise
 
-        return self._eval(scripts.CREATE, *args).addCallbacks(created, self._registry_failed)
+        return self._counted(self._eval(scripts.CREATE, *args)).addCallbacks(created, self._registry_failed)
+
+    def _counted(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """A create or join in flight (see L{_rebuild})."""
+        self._in_flight += 1
+
+        def done(result: Any) -> Any:
+            self._in_flight -= 1
+            return result
+
+        return d.addBoth(done)
 
     def _registry_failed(self, failure: Failure) -> Any:
         if failure.check(RoomError):
@@ -536,7 +560,7 @@ class RedisCluster(Peers):
                 self.outbox.add(node, record)  # type: ignore[union-attr]
             return member
 
-        return self._eval(scripts.JOIN, info.name, info.id, username, self.node).addCallbacks(joined, self._registry_failed)
+        return self._counted(self._eval(scripts.JOIN, info.name, info.id, username, self.node)).addCallbacks(joined, self._registry_failed)
 
     def _sync_remote(self, room: Room, members: list[tuple[str, str]], bound: list[tuple[str, str]]) -> Sends:
         """
@@ -698,7 +722,9 @@ class RedisCluster(Peers):
             if not had:
                 self._rebuild_wanted = True
             steps = [self._reap(node) for node in dead]
-            if self._rebuild_wanted and self.subscribed:
+            # a create or join in flight is in the registry and not yet here:
+            # a rebuild now would take it for stale; it waits for the next beat
+            if self._rebuild_wanted and self.subscribed and not self._in_flight:
                 steps.append(self._rebuild())
             return defer.DeferredList(steps)
 
@@ -738,6 +764,7 @@ class RedisCluster(Peers):
         nodes again who is here.
         """
         self._rebuild_wanted = False
+        self._rebuilding = True
         held = list(self.rooms.rooms.values())
         log.info("rebuilding this node's part of the registry: {count} rooms", count=len(held))
 
@@ -745,7 +772,11 @@ class RedisCluster(Peers):
             self._reaped(self.node, result)
             return defer.DeferredList([self._rebuild_room(room) for room in held if room.open])
 
-        return self._eval(scripts.REAP, self.node, "keep", *[room.name for room in held]).addCallback(rebuild_rooms)
+        def done(result: Any) -> Any:
+            self._rebuilding = False
+            return result
+
+        return self._eval(scripts.REAP, self.node, "keep", *[room.name for room in held]).addCallback(rebuild_rooms).addBoth(done)
 
     def _missing(self, room: Room) -> None:
         """

@@ -9,7 +9,7 @@ from twisted.trial import unittest
 
 from ocm import wire
 from ocm.client import render
-from ocm.client.app import parse_args, password_of
+from ocm.client.options import parse_args, password_of
 from ocm.client.session import EXIT_CLOSED, EXIT_DISCONNECTED, EXIT_NO_UDP, EXIT_OK, ChatSession, Ending, LobbySession
 from tests.helpers import FakeDatagramTransport
 
@@ -177,7 +177,7 @@ class ArgsTests(unittest.TestCase):
 
     def test_parse_server(self) -> None:
         """host, host:port, [v6]:port, bare IPv6; a bad port is refused."""
-        from ocm.client.app import parse_server
+        from ocm.client.options import parse_server
 
         self.assertEqual(parse_server("127.0.0.1:9100"), ("127.0.0.1", 9100))
         self.assertEqual(parse_server("chat.example"), ("chat.example", 9000))

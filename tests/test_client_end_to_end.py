@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer, error, protocol, reactor
@@ -210,13 +211,13 @@ class ScriptedTests(ClientCase):
 class InteractiveTests(ClientCase):
     """The interactive client in a pseudo-terminal."""
 
-    async def test_prompts_and_half_typed_line(self) -> None:
-        """Prompts for what is missing; an incoming message leaves the half-typed line intact."""
+    def pty_client(self, *args: str) -> tuple[Any, Callable[[str], Awaitable[None]]]:
+        """The interactive client in a pseudo-terminal, and a bounded, reactor-friendly expect."""
         import pexpect
 
         child = pexpect.spawn(
             sys.executable,
-            ["-m", "ocm.client", "--port", str(self.tcp_port)],
+            ["-m", "ocm.client", "--port", str(self.tcp_port), *args],
             cwd=ROOT,
             env={**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"},
             encoding="utf-8",
@@ -235,6 +236,43 @@ class InteractiveTests(ClientCase):
                     await sleep(0.01)
             raise AssertionError(f"never saw {pattern!r}; got {child.before!r}")
 
+        return child, expect
+
+    async def test_join_protected_room_types_in_clear(self) -> None:
+        """
+        A member who joins a password-protected room: the password is typed
+        masked, then the chat line echoes in clear (not as asterisks) and the
+        sent line stays readable above.
+        """
+        host = self.client("--name", "host", "--create", "秘密の部屋", env={"OCM_PASSWORD": "合言葉"})
+        await self.joined(host)
+        child, expect = self.pty_client()
+        await expect("server")
+        child.sendline("")
+        await expect("your name")
+        child.sendline("ゲスト")
+        await expect("create, join or list")
+        child.sendline("j")
+        await expect("room name")
+        child.sendline("秘密の部屋")
+        await expect("password")
+        child.send("合言葉")
+        await expect("[*]{3}")  # masked while typed
+        child.sendline("")
+        await expect("joined room")
+        child.send("こんにちは")
+        await expect("こんにちは")  # echoed as typed, in clear
+        child.sendline("")
+        await wait_until(lambda: any(line.endswith("ゲスト: こんにちは") for line in host.lines), 10, "the chat line")
+        child.send("二行目")
+        await expect("二行目")
+        self.assertNotIn("*****", child.before or "")
+        child.sendcontrol("d")
+        host.close_stdin()
+
+    async def test_prompts_and_half_typed_line(self) -> None:
+        """Prompts for what is missing; an incoming message leaves the half-typed line intact."""
+        child, expect = self.pty_client()
         await expect("server")
         child.sendline("")
         await expect("your name")

@@ -2,6 +2,6 @@
 
 import sys
 
-from ocm.client.app import main
+from ocm.client.cli import main
 
 sys.exit(main())

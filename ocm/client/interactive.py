@@ -18,7 +18,8 @@ from typing import Any
 
 from ocm import wire
 from ocm.client import render
-from ocm.client.app import Frontend, chat, list_rooms, lobby, open_room, parse_server, password_of, resolve
+from ocm.client.flows import Frontend, chat, list_rooms, lobby, open_room, resolve
+from ocm.client.options import parse_server, password_of
 from ocm.client.requests import RequestFailed
 from ocm.client.session import EXIT_ERROR, EXIT_OK
 
@@ -119,7 +120,9 @@ async def _chat_loop(prompts: Any, patch_stdout: Any, ui: PromptUI, done: asynci
     """Read lines into the session until it ends; Ctrl-D and Ctrl-C leave."""
     with patch_stdout(raw=True):
         while not done.done():
-            typed = asyncio.ensure_future(prompts.prompt_async("> "))
+            # is_password explicitly: a PromptSession keeps the arguments of its
+            # last prompt, and a join's last question was the password.
+            typed = asyncio.ensure_future(prompts.prompt_async("> ", is_password=False))
             await asyncio.wait({typed, done}, return_when=asyncio.FIRST_COMPLETED)
             if not typed.done():
                 typed.cancel()

@@ -1,0 +1,140 @@
+"""
+What both front ends do (the scripted one, L{ocm.client.app}, and the
+interactive one, L{ocm.client.interactive}): resolve the server, ask it over
+TCRP, run a chat session and join again after a disconnection.  The front
+ends sit above this module and the sessions (L{ocm.client.session}) below
+it; nothing here imports a front end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet import defer
+
+from ocm import wire
+from ocm.client import render
+from ocm.client.requests import Reply, RequestFailed, request
+from ocm.client.session import EXIT_DISCONNECTED, ChatSession, Ending, LobbySession, _Session
+
+
+async def resolve(reactor: Any, host: str) -> str:
+    """An IP literal for C{host}: TCP and UDP must leave from the same address family."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        return await reactor.resolve(host)  # type: ignore[no-any-return]
+
+
+class Frontend:
+    """
+    Where a session's lines go, and where typed lines come from. Lines typed
+    while no session is attached (before the first, during a rejoin) wait.
+    """
+
+    def __init__(self) -> None:
+        self.session: _Session | None = None
+        self._pending: list[str] = []
+        self._eof = False
+
+    def out(self, line: str) -> None:
+        """Show one line."""
+        raise NotImplementedError
+
+    def attach(self, session: _Session | None) -> None:
+        """Send typed lines to C{session} from now on."""
+        self.session = session
+        if session is None:
+            return
+        pending, self._pending = self._pending, []
+        for text in pending:
+            session.line(text)
+        if self._eof:
+            session.leave_when_ready()
+
+    def line(self, text: str) -> None:
+        """One typed line."""
+        if self.session is not None:
+            self.session.line(text)
+        else:
+            self._pending.append(text)
+
+    def end_of_input(self) -> None:
+        """No more input: leave once what was typed is sent."""
+        self._eof = True
+        if self.session is not None:
+            self.session.leave_when_ready()
+
+
+async def run_session(reactor: Any, ui: Frontend, session: _Session, host: str) -> Ending:
+    """Give C{session} a UDP socket and the typed lines until it ends."""
+    port = reactor.listenUDP(0, session, interface="::" if ":" in host else "")
+    ui.attach(session)
+    try:
+        return await session.ended
+    finally:
+        ui.attach(None)
+        await defer.maybeDeferred(port.stopListening)
+
+
+async def chat(
+    reactor: Any,
+    ui: Frontend,
+    host: str,
+    tcp_port: int,
+    reply: Reply,
+    room: str,
+    name: str,
+    password: str | None,
+    rejoin: bool,
+) -> int:
+    """
+    Chat in C{room} with the token of C{reply} until the session ends;
+    after a disconnection, join again once (if C{rejoin}).
+
+    @return: the exit code.
+    """
+    while True:
+        assert reply.complete is not None
+        session = ChatSession(reactor, (host, int(reply.fields["udp_port"])), room, name, reply.complete, float(reply.fields.get("timeout", 30)), ui.out)
+        ending = await run_session(reactor, ui, session, host)
+        if ending.message:
+            ui.out(ending.message)
+        if not (ending.rejoinable and rejoin):
+            return ending.code
+        ui.out("* joining again...")
+        try:
+            reply = await open_room(reactor, host, tcp_port, wire.OP_JOIN, room, name, password, None)
+        except RequestFailed as e:
+            ui.out(f"* could not join again: {e}")
+            return EXIT_DISCONNECTED
+        if reply.status != 200:
+            ui.out(f"* could not join again: {render.refusal(wire.OP_JOIN, room, reply.status, reply.message)}")
+            return EXIT_DISCONNECTED
+
+
+async def open_room(reactor: Any, host: str, port: int, operation: int, room: str, name: str, password: str | None, capacity: int | None) -> Reply:
+    """Create or join a room over TCRP."""
+    payload: dict[str, Any] = {"username": name}
+    if password:
+        payload["password"] = password
+    if capacity is not None and operation == wire.OP_CREATE:
+        payload["capacity"] = capacity
+    return await request(reactor, host, port, operation, room, payload)
+
+
+async def list_rooms(reactor: Any, host: str, port: int) -> list[dict[str, Any]]:
+    """The server's room list."""
+    reply = await request(reactor, host, port, wire.OP_LIST, "", {})
+    if reply.status != 200 or reply.complete is None:
+        raise RequestFailed(render.refusal(wire.OP_LIST, "", reply.status, reply.message))
+    rooms = wire.decode_json(reply.complete, "room list")
+    return rooms if isinstance(rooms, list) else []
+
+
+async def lobby(reactor: Any, ui: Frontend, host: str, port: int, name: str, timeout: float) -> int:
+    """Chat in the stage-1 lobby until /leave or end of input."""
+    session = LobbySession(reactor, (host, port), name, ui.out, timeout)
+    return (await run_session(reactor, ui, session, host)).code

@@ -1,0 +1,72 @@
+"""
+The client's command line and typed addresses: parsing only, no I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+EPILOG = """\
+exit status: 0 left normally, 1 cannot reach the server, 2 usage,
+3 refused by the server (wrong password, no such room, name taken, full),
+4 the room closed (host left or server shutdown), 5 disconnected by the
+server and could not rejoin, 6 no reply over UDP.
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The client's command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ocm.client",
+        description="Chat in ocm rooms. Interactive on a terminal; with flags and piped input, scriptable.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", help="server address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="server TCP port (default 9000)")
+    parser.add_argument("--name", help="your username")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--create", metavar="ROOM", help="create ROOM and host it")
+    what.add_argument("--join", metavar="ROOM", help="join ROOM")
+    what.add_argument("--list", action="store_true", help="print the rooms and exit")
+    what.add_argument("--lobby", metavar="PORT", type=int, help="chat in the stage-1 open lobby on UDP PORT")
+    parser.add_argument("--capacity", type=int, help="with --create: most members, the host included")
+    parser.add_argument("--password-file", help="read the room password from this file (first line)")
+    parser.add_argument("--password", help="the room password (visible in ps: prefer OCM_PASSWORD or --password-file)")
+    parser.add_argument("--no-rejoin", dest="rejoin", action="store_false", help="do not join again after a disconnection")
+    parser.add_argument("--timeout", type=float, default=30.0, help="lobby only: the server's timeout, to pace keepalives")
+    args = parser.parse_args(argv)
+    if args.capacity is not None and args.capacity < 1:
+        parser.error("--capacity must be at least 1")
+    return args
+
+
+def password_of(args: argparse.Namespace) -> str | None:
+    """The password from --password-file, OCM_PASSWORD or --password; None if none given."""
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    if "OCM_PASSWORD" in os.environ:
+        return os.environ["OCM_PASSWORD"]
+    return args.password  # type: ignore[no-any-return]
+
+
+def parse_server(text: str, default_port: int = 9000) -> tuple[str, int]:
+    """
+    C{host}, C{host:port}, C{[v6]:port} or a bare IPv6 address, as
+    (host, port).
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:  # a name, an IPv4 address, or a bare IPv6 address
+        host, port_text = text, ""
+    if not port_text:
+        return host or "127.0.0.1", default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{port_text!r} is not a port number")
+    return host or "127.0.0.1", int(port_text)

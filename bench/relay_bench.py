@@ -23,6 +23,7 @@ from twisted.internet import reactor
 from ocm import fanout, wire
 from ocm.relay import LISTEN_SIZE, RelayProtocol
 from ocm.rooms import Rooms
+from ocm.sealing import Channel
 
 
 def main() -> None:
@@ -33,14 +34,17 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20000, help="chat datagrams fed to the relay")
     parser.add_argument("--size", type=int, default=64, help="bytes of text a message")
     parser.add_argument("--loop", choices=["c", "python"], default="c", help="the fan-out loop (c: when built)")
+    parser.add_argument("--secure", action="store_true", help="secure mode: every datagram opened, and sealed again per recipient")
     args = parser.parse_args()
 
-    rooms = Rooms(timeout=3600, max_members=10**6, rate=1e9, burst=1e9)
+    rooms = Rooms(timeout=3600, max_members=10**6, rate=1e9, burst=1e9, secure=args.secure)
     relay = RelayProtocol(rooms, reactor)
     port = reactor.listenUDP(0, relay, interface="127.0.0.1", maxPacketSize=LISTEN_SIZE)  # type: ignore[attr-defined]
     if args.loop == "python" or not fanout.NATIVE:
         relay._fan = functools.partial(fanout.python_fan_out, relay._sendto)
     loop = "C" if relay._fan is not None and not isinstance(relay._fan, functools.partial) else "Python"
+    if args.secure:
+        loop = "secure (Python, sealed per recipient)"
     sinks = []
     senders = []
     for r in range(args.rooms):
@@ -52,15 +56,23 @@ def main() -> None:
             sink.bind(("127.0.0.1", 0))
             sinks.append(sink)
             addr = sink.getsockname()
-            relay.datagramReceived(wire.encode_datagram(room.encode(), member.token), addr)
-            senders.append((wire.encode_datagram(room.encode(), member.token, b"x" * args.size), addr))
+            header = wire.encode_datagram(room.encode(), member.token)
+            if args.secure:  # the member's own end, as its client holds it
+                channel = Channel(member.key, header, server_end=False)  # type: ignore[arg-type]
+                seal = channel.seal
+            else:
+                seal = bytes
+            relay.datagramReceived(header + seal(b""), addr)
+            senders.append((header, seal, addr))
+    count = len(senders)
+    text = b"x" * args.size
+    # sealed by the members beforehand: only the server's work is timed
+    datagrams = [(senders[i % count][0] + senders[i % count][1](text), senders[i % count][2]) for i in range(args.messages)]
     rooms.stats.relayed = 0
     feed = relay.datagramReceived
-    count = len(senders)
     start = time.perf_counter()
     cpu = time.process_time()
-    for i in range(args.messages):
-        data, addr = senders[i % count]
+    for data, addr in datagrams:
         feed(data, addr)
     cpu = time.process_time() - cpu
     wall = time.perf_counter() - start

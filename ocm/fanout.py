@@ -50,14 +50,19 @@ def pack_address(addr: Address) -> bytes | None:
     return _ocm_fanout.pack_address(addr[0], addr[1])
 
 
-def python_fan_out(sendto: Callable[[bytes, Address], Any], data: bytes, members: list[Member], sender: Member) -> tuple[int, Failures | None]:
-    """Send C{data} to each of C{members} but C{sender}, in Python."""
+def python_fan_out(
+    sendto: Callable[[bytes, Address], Any], data: bytes, members: list[Member], sender: Member, sealed: bool = False
+) -> tuple[int, Failures | None]:
+    """
+    Send C{data} to each of C{members} but C{sender}, in Python; C{sealed}
+    (secure mode): sealed for each recipient with its own key.
+    """
     failed: Failures | None = None
     sent = 0
     for other in members:
         if other is not sender:
             try:
-                sendto(data, other.addr)  # type: ignore[arg-type]
+                sendto(other.channel.seal(data) if sealed else data, other.addr)  # type: ignore[arg-type,union-attr]
                 sent += 1
             except Exception as e:
                 if failed is None:
@@ -90,11 +95,14 @@ def native_fan_out(fd: int, sendto: Callable[[bytes, Address], Any]) -> FanOut:
     return fan_out
 
 
-def fan_out_of(transport: Any, sendto: Callable[[bytes, Address], Any]) -> FanOut:
+def fan_out_of(transport: Any, sendto: Callable[[bytes, Address], Any], sealed: bool = False) -> FanOut:
     """
     The fan-out for C{transport}: the C loop on a real port's socket when it
-    was built, else the Python loop through C{sendto}.
+    was built, else the Python loop through C{sendto}; the Python loop, each
+    datagram sealed for its recipient, in secure mode.
     """
+    if sealed:
+        return functools.partial(python_fan_out, sendto, sealed=True)
     sock = getattr(transport, "socket", None)
     if _ocm_fanout is not None and sock is not None and hasattr(sock, "fileno"):
         return native_fan_out(sock.fileno(), sendto)

@@ -52,59 +52,123 @@ class RelayProtocol(DatagramProtocol):
         self.clock = clock
         self._sendto: Any = None
         self._fan: FanOut | None = None
+        #: Secure mode: the member bound to each address, to seal its notices.
+        self._by_addr: dict[Address, Member] = {}
+        if rooms.secure:
+            self.datagramReceived = self.sealed_datagram_received  # type: ignore[method-assign]
 
     def startProtocol(self) -> None:
         """Pick the send paths once the port exists; enlarge its receive buffer."""
         self._sendto = sendto_of(self.transport)
-        self._fan = fan_out_of(self.transport, self._sendto)
+        self._fan = fan_out_of(self.transport, self._sendto, sealed=self.rooms.secure)
         enlarge_receive_buffer(self.transport)
         if getattr(self.transport, "socket", None) is not None:
             log.info("relay fan-out: the {loop} loop", loop="C" if NATIVE else "Python (the C loop was not built)")
 
     def send_all(self, sends: Sends) -> None:
-        """Write notices returned by the rooms service."""
+        """Write notices returned by the rooms service (sealed, in secure mode)."""
         if sends and self._sendto is not None:
+            if self.rooms.secure:
+                sends = self._seal_notices(sends)
             send_all(self._sendto, sends, self.stats)
 
-    def datagramReceived(self, data: bytes, addr: Address) -> None:  # noqa: C901
-        """Check one datagram (SPEC section 2) and act on it."""
-        stats = self.stats
+    def _seal_notices(self, sends: Sends) -> Sends:
+        """Each notice sealed for the member bound to its address; members gone are forgotten after."""
+        sealed: Sends = []
+        by_addr = self._by_addr
+        for data, addr in sends:
+            member = by_addr.get(addr)
+            if member is not None and member.channel is not None:
+                sealed.append((member.channel.seal(data), addr))
+        tokens = self.rooms.tokens
+        for _, addr in sends:
+            member = by_addr.get(addr)
+            if member is not None and tokens.get(member.token) is not member:
+                del by_addr[addr]
+        return sealed
+
+    def _check(self, data: bytes, addr: Address) -> tuple[Member, int] | None:
+        """
+        The member a datagram comes from, and where its message starts; None
+        (counted) if it fails the SPEC's checks of size, header, token, room
+        and source address.
+        """
         dropped = self.dropped
-        stats.received += 1
         size = len(data)
         if size > wire.MAX_DATAGRAM:
             dropped["oversize"] += 1
-            return
+            return None
         if size < 2:
             dropped["malformed"] += 1
-            return
+            return None
         r = data[0]
         start = 2 + r + data[1]
         if size < start:
             dropped["malformed"] += 1
-            return
+            return None
         member = self.rooms.tokens.get(data[2 + r : start])
         if member is None:
             dropped["unknown_token"] += 1
-            return
-        room = member.room
-        if data[2 : 2 + r] != room.name_bytes:
+            return None
+        if data[2 : 2 + r] != member.room.name_bytes:
             dropped["wrong_room"] += 1
-            return
-        bound_now = False
+            return None
         if member.addr != addr:
             if not same_ip(addr[0], member.ip):
                 dropped["wrong_ip"] += 1
-                return
+                return None
             if member.addr is not None:
                 dropped["wrong_port"] += 1
-                return
-            member.sockaddr = pack_address(addr)
-            self.send_all(self.rooms.bind(member, addr, self.clock.seconds()))
-            bound_now = True
+                return None
+        return member, start
+
+    def _bind(self, member: Member, addr: Address) -> None:
+        """The member's first accepted datagram: bind its token to C{addr}."""
+        member.sockaddr = pack_address(addr)
+        if member.channel is not None:
+            self._by_addr[addr] = member
+        self.send_all(self.rooms.bind(member, addr, self.clock.seconds()))
+
+    def datagramReceived(self, data: bytes, addr: Address) -> None:
+        """Check one datagram (SPEC section 2) and act on it."""
+        self.stats.received += 1
+        found = self._check(data, addr)
+        if found is None:
+            return
+        member, start = found
+        bound_now = member.addr is None
+        if bound_now:
+            self._bind(member, addr)
+        self._accepted(member, data[start:], addr, bound_now)
+
+    def sealed_datagram_received(self, data: bytes, addr: Address) -> None:
+        """
+        Secure mode: the same checks, then the seal (docs/secure.rst): a
+        datagram that does not open, or is replayed, or has no seal is dropped
+        before it can bind or refresh anything.
+        """
+        self.stats.received += 1
+        found = self._check(data, addr)
+        if found is None:
+            return
+        member, start = found
+        if member.channel is None:  # pragma: no cover - every member of a secure server has one
+            self.dropped["unsealed"] += 1
+            return
+        message, why = member.channel.open(data[start:])
+        if message is None:
+            self.dropped[why] += 1
+            return
+        bound_now = member.addr is None
+        if bound_now:
+            self._bind(member, addr)
+        self._accepted(member, message, addr, bound_now)
+
+    def _accepted(self, member: Member, message: bytes, addr: Address, bound_now: bool) -> None:
+        """An accepted datagram's message: keepalive, control or chat."""
+        dropped = self.dropped
         member.last_seen = now = self.clock.seconds()
         member.failures = 0
-        message = data[start:]
         if not message:
             return  # keepalive
         if message[0] == wire.CONTROL:

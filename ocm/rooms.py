@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from ocm import wire
 from ocm.passwords import PasswordHash
+from ocm.sealing import Channel, new_key
 from ocm.stats import Stats
 
 Address = tuple[str, int]
@@ -68,7 +69,7 @@ class Member:
 
     __slots__ = (
         "name", "name_bytes", "prefix", "token", "room", "ip", "addr", "sockaddr",
-        "last_seen", "failures", "is_host", "allowance", "allowance_at", "limited_at",
+        "last_seen", "failures", "is_host", "allowance", "allowance_at", "limited_at", "key", "channel",
     )
 
     def __init__(self, name: str, token: bytes, room: Room, ip: str, now: float, is_host: bool) -> None:
@@ -91,6 +92,9 @@ class Member:
         self.allowance = 0.0
         self.allowance_at = now
         self.limited_at = -1e18
+        #: Secure mode: the member's key, and its sealed datagrams (L{ocm.sealing}).
+        self.key: bytes | None = None
+        self.channel: Channel | None = None
 
     def __repr__(self) -> str:
         return f"<Member {self.name!r} of {self.room.name!r}>"
@@ -187,6 +191,7 @@ class Rooms:
         burst: float = 100.0,
         stats: Stats | None = None,
         token_factory: Callable[[], bytes] = new_token,
+        secure: bool = False,
     ) -> None:
         self.timeout = timeout
         self.max_rooms = max_rooms
@@ -198,6 +203,8 @@ class Rooms:
         self.rooms: dict[str, Room] = {}
         self.tokens: dict[bytes, Member] = {}
         self._token_factory = token_factory
+        #: Secure mode: every member gets a key, every datagram is sealed.
+        self.secure = secure
         #: The other nodes (L{Peers}: none, unless clustered).
         self.peers = Peers()
 
@@ -273,6 +280,9 @@ class Rooms:
             token = self._token_factory()
         member = Member(username, token, room, normalise_ip(ip), now, is_host)
         member.allowance = self.burst
+        if self.secure:
+            member.key = new_key()
+            member.channel = Channel(member.key, wire.encode_datagram(room.name_bytes, token), server_end=True)
         room.members[username] = member
         self.tokens[token] = member
         return member

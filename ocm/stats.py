@@ -18,6 +18,10 @@ DROP_REASONS = (
     "bad_control",
     "rate_limited",
     "too_long",
+    # secure mode (docs/secure.rst)
+    "unsealed",
+    "replayed",
+    "bad_seal",
 )
 
 REMOVAL_REASONS = ("left", "timeout", "unreachable", "host_left", "shutdown")

@@ -47,7 +47,15 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve ocm chat rooms: TCRP room set-up over TCP and the chat relay "
-        "over UDP (and, with --lobby, the stage-1 open relay)."
+        "over UDP (and, with --lobby, the stage-1 open relay).\n\n"
+        "Secure mode (--tls-cert, --tls-key): the TCRP port speaks TLS only, "
+        "each member gets its own key, every chat datagram is sealed "
+        "(ChaCha20-Poly1305). For a test, make a self-signed certificate: "
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost "
+        "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout server.key -out server.pem "
+        "and give clients server.pem with --ca. In production use a certificate "
+        "from a public CA for the server's name (e.g. Let's Encrypt's fullchain.pem "
+        "and privkey.pem): clients then need no --ca."
     )
 
     optParameters: list[list[Any]] = [
@@ -70,6 +78,8 @@ class Options(usage.Options):
         ["max-connections-per-ip", None, 100, "Open TCRP connections one IP may hold (429 beyond).", positive_int],
         ["redis", None, None, "Share the rooms with other nodes through this Redis (redis://host[:port][/db]; off unless given)."],
         ["node", None, "", "This node's name in the cluster, unique (default: host name and ports)."],
+        ["tls-cert", None, None, "Secure mode: PEM certificate (then any chain) for TLS on the TCRP port; chat datagrams are sealed."],
+        ["tls-key", None, None, "Secure mode: the PEM private key of --tls-cert."],
     ]
 
     def postOptions(self) -> None:
@@ -87,6 +97,16 @@ class Options(usage.Options):
             raise usage.UsageError("--node names a cluster node: give --redis too")
         if len(self["node"].encode("utf-8")) > 200:
             raise usage.UsageError("--node: at most 200 bytes")
+        if (self["tls-cert"] is None) != (self["tls-key"] is None):
+            raise usage.UsageError("secure mode needs both --tls-cert and --tls-key")
+        self["tls"] = None
+        if self["tls-cert"] is not None:
+            from ocm.tls import server_options
+
+            try:
+                self["tls"] = server_options(self["tls-cert"], self["tls-key"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
 
 
 class ShutdownNotices(service.Service):
@@ -142,6 +162,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         rate=config["rate"],
         burst=config["burst"],
         stats=stats,
+        secure=config.get("tls") is not None,
     )
     relay = RelayProtocol(rooms, reactor)
     registry = None
@@ -176,7 +197,12 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         registry=registry,
     )
     top.tcrp = factory  # type: ignore[attr-defined]
-    tcp = internet.TCPServer(config["tcp"], factory, interface=config["interface"])
+    tcp: service.Service
+    if config.get("tls") is not None:
+        tcp = internet.SSLServer(config["tcp"], factory, config["tls"], interface=config["interface"])
+        log.info("secure mode: TLS on the TCRP port, sealed chat datagrams")
+    else:
+        tcp = internet.TCPServer(config["tcp"], factory, interface=config["interface"])
     tcp.setName("tcp")
     tcp.setServiceParent(top)
 

@@ -24,6 +24,7 @@ from ocm.limits import TokenBuckets
 from ocm.passwords import at_low_priority, hash_password, verify_password
 from ocm.registry import LocalRegistry, Registry
 from ocm.rooms import Member, RoomError, Rooms, normalise_ip
+from ocm.sealing import ALGORITHM
 
 log = Logger()
 
@@ -245,11 +246,15 @@ class TCRPFactory(ServerFactory):
         return [wire.response_frame(request.operation, request.room_bytes, 200, **fields), *complete]
 
     def _issued(self, request: wire.Request, member: Member) -> list[bytes]:
+        sealed: dict[str, Any] = {}
+        if member.key is not None:  # secure mode: the member's key, over TLS only
+            sealed = {"key": member.key.hex(), "seal": ALGORITHM}
         return self._ok(
             request,
             [wire.complete_frame(request.operation, request.room_bytes, member.token)],
             udp_port=self.udp_port(),
             timeout=json_number(self.rooms.timeout),
+            **sealed,
         )
 
     def _create(self, request: wire.Request, peer: str, wanted: Callable[[], bool]) -> Any:

@@ -17,7 +17,7 @@ from zope.interface import implementer
 from ocm import wire
 from ocm.client import render
 from ocm.client.flows import Frontend, chat, list_rooms, lobby, open_room, resolve
-from ocm.client.options import password_of
+from ocm.client.options import password_of, tls_of
 from ocm.client.requests import RequestFailed
 from ocm.client.session import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 
@@ -61,11 +61,13 @@ class ScriptedIO(LineReceiver, Frontend):
 
 async def scripted(reactor: Any, args: argparse.Namespace, ui: ScriptedIO) -> int:
     """The scripted flow: everything from the flags, no prompts."""
-    host = await resolve(reactor, args.host or "127.0.0.1")
+    name = args.host or "127.0.0.1"
+    tls = tls_of(args, name, ui.out)
+    host = await resolve(reactor, name)
     port = args.port or 9000
     try:
         if args.list:
-            for line in render.room_list(await list_rooms(reactor, host, port)):
+            for line in render.room_list(await list_rooms(reactor, host, port, tls=tls)):
                 ui.out(line)
             return EXIT_OK
         if not args.name:
@@ -78,14 +80,14 @@ async def scripted(reactor: Any, args: argparse.Namespace, ui: ScriptedIO) -> in
             return EXIT_USAGE
         operation, room = (wire.OP_CREATE, args.create) if args.create else (wire.OP_JOIN, args.join)
         password = password_of(args)
-        reply = await open_room(reactor, host, port, operation, room, args.name, password, args.capacity)
+        reply = await open_room(reactor, host, port, operation, room, args.name, password, args.capacity, tls=tls)
     except RequestFailed as e:
         ui.out(f"error: {e}")
         return EXIT_ERROR
     if reply.status != 200:
         ui.out(f"error: {render.refusal(operation, room, reply.status, reply.message)}")
         return EXIT_REFUSED
-    return await chat(reactor, ui, host, port, reply, room, args.name, password, args.rejoin)
+    return await chat(reactor, ui, host, port, reply, room, args.name, password, args.rejoin, tls=tls)
 
 
 def run_scripted(args: argparse.Namespace) -> int:

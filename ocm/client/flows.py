@@ -89,6 +89,7 @@ async def chat(
     name: str,
     password: str | None,
     rejoin: bool,
+    tls: Any = None,
 ) -> int:
     """
     Chat in C{room} with the token of C{reply} until the session ends;
@@ -98,7 +99,9 @@ async def chat(
     """
     while True:
         assert reply.complete is not None
-        session = ChatSession(reactor, (host, int(reply.fields["udp_port"])), room, name, reply.complete, float(reply.fields.get("timeout", 30)), ui.out)
+        session = ChatSession(
+            reactor, (host, int(reply.fields["udp_port"])), room, name, reply.complete, float(reply.fields.get("timeout", 30)), ui.out, key=key_of(reply)
+        )
         ending = await run_session(reactor, ui, session, host)
         if ending.message:
             ui.out(ending.message)
@@ -106,7 +109,7 @@ async def chat(
             return ending.code
         ui.out("* joining again...")
         try:
-            reply = await open_room(reactor, host, tcp_port, wire.OP_JOIN, room, name, password, None)
+            reply = await open_room(reactor, host, tcp_port, wire.OP_JOIN, room, name, password, None, tls=tls)
         except RequestFailed as e:
             ui.out(f"* could not join again: {e}")
             return EXIT_DISCONNECTED
@@ -115,19 +118,35 @@ async def chat(
             return EXIT_DISCONNECTED
 
 
-async def open_room(reactor: Any, host: str, port: int, operation: int, room: str, name: str, password: str | None, capacity: int | None) -> Reply:
+def key_of(reply: Reply) -> bytes | None:
+    """Secure mode: this member's key from the create/join answer (None from a plain server)."""
+    key = reply.fields.get("key")
+    if key is None:
+        return None
+    try:
+        raw = bytes.fromhex(key)
+    except (TypeError, ValueError):
+        raise RequestFailed("the server sent a key that is not hex") from None
+    if len(raw) != 32:
+        raise RequestFailed("the server sent a key that is not 32 bytes")
+    return raw
+
+
+async def open_room(
+    reactor: Any, host: str, port: int, operation: int, room: str, name: str, password: str | None, capacity: int | None, tls: Any = None
+) -> Reply:
     """Create or join a room over TCRP."""
     payload: dict[str, Any] = {"username": name}
     if password:
         payload["password"] = password
     if capacity is not None and operation == wire.OP_CREATE:
         payload["capacity"] = capacity
-    return await request(reactor, host, port, operation, room, payload)
+    return await request(reactor, host, port, operation, room, payload, tls=tls)
 
 
-async def list_rooms(reactor: Any, host: str, port: int) -> list[dict[str, Any]]:
+async def list_rooms(reactor: Any, host: str, port: int, tls: Any = None) -> list[dict[str, Any]]:
     """The server's room list."""
-    reply = await request(reactor, host, port, wire.OP_LIST, "", {})
+    reply = await request(reactor, host, port, wire.OP_LIST, "", {}, tls=tls)
     if reply.status != 200 or reply.complete is None:
         raise RequestFailed(render.refusal(wire.OP_LIST, "", reply.status, reply.message))
     rooms = wire.decode_json(reply.complete, "room list")

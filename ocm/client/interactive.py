@@ -19,7 +19,7 @@ from typing import Any
 from ocm import wire
 from ocm.client import render
 from ocm.client.flows import Frontend, chat, list_rooms, lobby, open_room, resolve
-from ocm.client.options import parse_server, password_of
+from ocm.client.options import parse_server, password_of, tls_of
 from ocm.client.requests import RequestFailed
 from ocm.client.session import EXIT_ERROR, EXIT_OK
 
@@ -63,6 +63,7 @@ async def interactive(args: argparse.Namespace) -> int:
                     break
                 except ValueError as e:
                     print(f"* {e}")
+        tls = tls_of(args, host, print)
         host = await twisted(resolve(reactor, host))
         name = args.name or ""
         while not name:
@@ -77,7 +78,7 @@ async def interactive(args: argparse.Namespace) -> int:
                 action = (await ask(prompts, "create, join or list rooms? (c/j/l)", "j")).lower()[:1]
                 if action == "l":
                     try:
-                        for line in render.room_list(await twisted(list_rooms(reactor, host, port))):
+                        for line in render.room_list(await twisted(list_rooms(reactor, host, port, tls=tls))):
                             print(f"  {line}")
                     except RequestFailed as e:
                         print(f"* {e}")
@@ -97,7 +98,7 @@ async def interactive(args: argparse.Namespace) -> int:
                 text = await ask(prompts, "capacity (empty for no limit)", "")
                 capacity = int(text) if text.isdigit() and int(text) > 0 else None
             try:
-                reply = await twisted(open_room(reactor, host, port, operation, room, name, password, capacity))
+                reply = await twisted(open_room(reactor, host, port, operation, room, name, password, capacity, tls=tls))
             except RequestFailed as e:
                 print(f"* {e}")
                 return EXIT_ERROR
@@ -111,7 +112,7 @@ async def interactive(args: argparse.Namespace) -> int:
                     name = await ask(prompts, "another name")
         ui = PromptUI()
         ui.out("* type /help for commands")
-        return await _chat_loop(prompts, patch_stdout, ui, twisted(chat(reactor, ui, host, port, reply, room, name, password, args.rejoin)))
+        return await _chat_loop(prompts, patch_stdout, ui, twisted(chat(reactor, ui, host, port, reply, room, name, password, args.rejoin, tls=tls)))
     except (EOFError, KeyboardInterrupt):
         return EXIT_OK
 

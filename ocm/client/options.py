@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from typing import Any
 
 EPILOG = """\
 exit status: 0 left normally, 1 cannot reach the server, 2 usage,
@@ -36,9 +38,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--password", help="the room password (visible in ps: prefer OCM_PASSWORD or --password-file)")
     parser.add_argument("--no-rejoin", dest="rejoin", action="store_false", help="do not join again after a disconnection")
     parser.add_argument("--timeout", type=float, default=30.0, help="lobby only: the server's timeout, to pace keepalives")
+    parser.add_argument("--tls", action="store_true", help="secure mode: TLS to the server, sealed chat (needs a server started with --tls-cert)")
+    parser.add_argument("--ca", metavar="PEM", help="with --tls: trust the server's certificate if this CA (or certificate) signed it, not the system's store")
+    parser.add_argument("--insecure", action="store_true", help="with --tls: do not check the server's certificate (says so on every run)")
     args = parser.parse_args(argv)
     if args.capacity is not None and args.capacity < 1:
         parser.error("--capacity must be at least 1")
+    if (args.ca or args.insecure) and not args.tls:
+        parser.error("--ca and --insecure go with --tls")
+    if args.ca and args.insecure:
+        parser.error("--ca and --insecure contradict each other")
     return args
 
 
@@ -70,3 +79,17 @@ def parse_server(text: str, default_port: int = 9000) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{port_text!r} is not a port number")
     return host or "127.0.0.1", int(port_text)
+
+
+def tls_of(args: argparse.Namespace, host: str, out: Callable[[str], None]) -> Any:
+    """
+    Secure mode's TLS for C{host} (the name the user gave, which the
+    certificate must name), or None without --tls; --insecure says so.
+    """
+    if not args.tls:
+        return None
+    from ocm.tls import client_tls
+
+    if args.insecure:
+        out("* --insecure: the server's certificate is NOT checked; anyone on the path can read and join")
+    return client_tls(host, args.ca, args.insecure)

@@ -13,6 +13,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import DatagramProtocol
 
 from ocm import wire
+from ocm.sealing import OVERHEAD, Channel
 from ocm.client import render
 
 # Exit codes of python -m ocm.client (documented in the README).
@@ -125,6 +126,7 @@ class ChatSession(_Session):
         out: Output,
         hello_timeout: float = 5.0,
         hello_interval: float = 0.5,
+        key: bytes | None = None,
     ) -> None:
         super().__init__(clock, server, out, max(0.1, timeout / 3))
         self.room = room
@@ -133,6 +135,10 @@ class ChatSession(_Session):
         self.token = token
         self.header = wire.encode_datagram(self.room_bytes, token)
         self.limit = wire.max_text(self.room_bytes, token, name.encode("utf-8"))
+        #: Secure mode: every datagram sealed with this member's key (L{ocm.sealing}).
+        self.channel = Channel(key, self.header, server_end=False) if key is not None else None
+        if self.channel is not None:
+            self.limit -= OVERHEAD
         self.hello_timeout = hello_timeout
         self.hello_interval = hello_interval
         self.welcomed = False
@@ -142,7 +148,7 @@ class ChatSession(_Session):
 
     def startProtocol(self) -> None:
         """Start saying hello."""
-        self._hello = task.LoopingCall(self._send, self.header + wire.HELLO)
+        self._hello = task.LoopingCall(self._message, wire.HELLO)
         self._hello.clock = self.clock
         self._hello.start(self.hello_interval)
         self._hello_deadline = self.clock.callLater(self.hello_timeout, self._no_reply)
@@ -162,9 +168,16 @@ class ChatSession(_Session):
         self._stop_hello()
         super().end(ending)
 
+    def _message(self, message: bytes) -> None:
+        """One datagram to the relay: the header and C{message} (sealed, in secure mode)."""
+        if self.channel is not None:
+            self._send(self.header + self.channel.seal(message))
+        else:
+            self._send(self.header + message)
+
     def send_keepalive(self) -> None:
         """An empty message: keeps the membership alive."""
-        self._send(self.header)
+        self._message(b"")
 
     def say(self, text: str) -> None:
         """Send C{text}, split at character boundaries into datagrams that fit."""
@@ -172,15 +185,15 @@ class ChatSession(_Session):
             self._waiting.append(text)
             return
         for piece in wire.split_text(text, self.limit):
-            self._send(self.header + piece)
+            self._message(piece)
 
     def who(self) -> None:
         """Ask the relay for the member list."""
-        self._send(self.header + wire.WHO)
+        self._message(wire.WHO)
 
     def leave(self) -> None:
         """Tell the relay we leave; end with success."""
-        self._send(self.header + wire.LEAVE)
+        self._message(wire.LEAVE)
         self.end(Ending(EXIT_OK))
 
     def leave_when_ready(self) -> None:
@@ -194,6 +207,11 @@ class ChatSession(_Session):
         """A chat message or a notice from the relay."""
         if addr[1] != self.server[1] or self.ended.called:
             return
+        if self.channel is not None:
+            opened, _ = self.channel.open(data)
+            if opened is None:
+                return  # forged, replayed or plain: not from the relay
+            data = opened
         try:
             sender, message = wire.decode_relayed(data)
             if sender:

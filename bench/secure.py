@@ -1,0 +1,302 @@
+"""
+The assignment's load in secure mode, and the same load in plain mode, with
+one generator, in one run.
+
+    python bench/secure.py                      # 500 rooms x 10 members x 2 msg/s, 20 s, secure then plain
+    python bench/secure.py --rooms 50 --duration 5
+
+C{ocmload} speaks only the plain SPEC, so this generator is Python: it
+joins every member over TLS (checking a certificate made for the run),
+seals every datagram with the member's key and opens every one it receives
+(L{ocm.sealing}, the same code as the client), and times each delivery
+(each message carries its send time).  In plain mode it does the same
+without TLS and seals.  A fresh server each run (C{twistd}, pinned to core
+1); the generator pins itself to core 0.  Prints loss, latency, the
+server's CPU and the generator's own (if it nears 100%, the figures are the
+generator's limit, not the server's).
+
+Needs C{twistd} with ocm installed (C{pip install .}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+from ocm import wire  # noqa: E402
+from ocm.sealing import Channel  # noqa: E402
+
+
+def free_port(kind: int) -> int:
+    """A port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_certificate(directory: str) -> tuple[str, str, str]:
+    """A server certificate for 127.0.0.1 and its CA (EC P-256, made as the test suite makes them)."""
+    from tests.certs import write_server_files
+
+    files = write_server_files(directory)
+    return files["server.pem"], files["server.key"], files["ca.pem"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of C{pid}, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tcrp(port: int, operation: int, room: str, payload: dict[str, Any], context: ssl.SSLContext | None) -> tuple[dict[str, Any], bytes]:
+    """One TCRP request (over TLS with C{context}); the state-1 JSON and the token."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        sock: Any = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
+        sock.sendall(wire.encode_frame(operation, wire.STATE_REQUEST, room.encode(), wire.encode_json(payload)))
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    frames, _ = wire.decode_frames(data)
+    body = wire.decode_json(frames[0].payload)
+    if body["status"] != 200:
+        raise SystemExit(f"TCRP {operation} {room}: {body}")
+    return body, frames[1].payload
+
+
+class Member:
+    """One generated member: its socket, token and seal."""
+
+    __slots__ = ("index", "room", "name", "sock", "header", "channel", "welcomed")
+
+    def __init__(self, index: int, room: str, name: str, token: bytes, key: bytes | None, udp_port: int) -> None:
+        self.index = index
+        self.room = room
+        self.name = name
+        self.header = wire.encode_datagram(room.encode(), token)
+        self.channel = Channel(key, self.header, server_end=False) if key else None
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.connect(("127.0.0.1", udp_port))
+        self.sock.setblocking(False)
+        self.welcomed = False
+
+    def send(self, message: bytes) -> None:
+        data = self.header + (self.channel.seal(message) if self.channel else message)
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            pass
+
+    def open(self, data: bytes) -> bytes | None:
+        if self.channel is None:
+            return data
+        return self.channel.open(data)[0]
+
+
+def run(args: argparse.Namespace, secure: bool) -> dict[str, Any]:
+    """One fresh server and one generated load."""
+    directory = tempfile.mkdtemp(prefix="ocm-secure-bench-")
+    tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    argv = [shutil.which("twistd") or "twistd", "--pidfile=", "-n", "ocm", "--tcp", str(tcp), "--udp", str(udp), "--interface", "127.0.0.1",
+            "--request-rate", "100000", "--request-burst", "100000", "--max-connections-per-ip", "100000"]
+    context = None
+    if secure:
+        cert, key, ca = make_certificate(directory)
+        argv += ["--tls-cert", cert, "--tls-key", key]
+        context = ssl.create_default_context(cafile=ca)
+    if shutil.which("taskset"):
+        argv = ["taskset", "-c", "1", *argv]
+    log = open(os.path.join(directory, "server.log"), "wb")
+    server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=directory)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", tcp), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server did not start") from None
+                time.sleep(0.05)
+        return load(args, secure, tcp, context, server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def load(args: argparse.Namespace, secure: bool, tcp: int, context: ssl.SSLContext | None, pid: int) -> dict[str, Any]:  # noqa: C901
+    """Set up every member, send for warm-up + window, drain, count."""
+    started = time.monotonic()
+    names = [(r, m) for r in range(args.rooms) for m in range(args.members)]
+
+    def setup(rm: tuple[int, int]) -> Member:
+        r, m = rm
+        room = f"room{r}"
+        body, token = tcrp(tcp, wire.OP_CREATE if m == 0 else wire.OP_JOIN, room, {"username": f"u{m}"}, context)
+        key = bytes.fromhex(body["key"]) if secure else None
+        return Member(r * args.members + m, room, f"u{m}", token, key, int(body["udp_port"]))
+
+    with ThreadPoolExecutor(16) as pool:
+        hosts = list(pool.map(setup, [n for n in names if n[1] == 0]))
+        guests = list(pool.map(setup, [n for n in names if n[1] != 0]))
+    members = sorted(hosts + guests, key=lambda m: m.index)
+    setup_s = time.monotonic() - started
+    by_fd = {m.sock.fileno(): m for m in members}
+    poller = select.epoll()
+    for fd in by_fd:
+        poller.register(fd, select.EPOLLIN)
+    # bind every token (hello until welcomed)
+    for _ in range(20):
+        for m in members:
+            if not m.welcomed:
+                m.send(wire.HELLO)
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            for fd, _ in poller.poll(0.05):
+                m = by_fd[fd]
+                while True:
+                    try:
+                        data = m.sock.recv(8192)
+                    except BlockingIOError:
+                        break
+                    plain = m.open(data)
+                    if plain and plain[0] == 0:
+                        m.welcomed = True
+        if all(m.welcomed for m in members):
+            break
+    else:
+        raise SystemExit("not every member was welcomed")
+    # the schedule: each member sends every 1/rate s at a random phase
+    period = 1.0 / args.rate
+    order = sorted((random.random() * period, m) for m in members)
+    per = args.members - 1
+    sent_in_window = 0
+    delivered = 0
+    latencies: list[float] = []
+    t0 = time.monotonic() + 0.2
+    window_start = t0 + args.warmup
+    window_end = window_start + args.duration
+    stop_sending = window_end
+    drain_end = stop_sending + args.drain
+    cpu0 = time.process_time()
+    server0 = cpu_seconds(pid)
+    seq = 0
+    i = 0
+    cycle = 0
+    padding = b"x" * max(0, args.size - 24)
+    while True:
+        now = time.monotonic()
+        if now >= drain_end:
+            break
+        # send what is due
+        while now < stop_sending:
+            phase, m = order[i]
+            due = t0 + cycle * period + phase
+            if due > now:
+                break
+            in_window = window_start <= due < window_end
+            if in_window:
+                sent_in_window += 1
+            seq += 1
+            m.send(b"%d %d %.6f " % (1 if in_window else 0, seq, time.monotonic()) + padding)
+            i += 1
+            if i == len(order):
+                i = 0
+                cycle += 1
+        for fd, _ in poller.poll(0.001):
+            m = by_fd[fd]
+            while True:
+                try:
+                    data = m.sock.recv(8192)
+                except BlockingIOError:
+                    break
+                plain = m.open(data)
+                if plain is None:
+                    continue
+                user_size = plain[0]
+                if user_size == 0:
+                    continue
+                text = plain[1 + user_size :]
+                if text[:2] == b"1 ":
+                    delivered += 1
+                    latencies.append(time.monotonic() - float(text.split(b" ", 3)[2]))
+    gen_cpu = time.process_time() - cpu0
+    server_cpu = cpu_seconds(pid) - server0
+    elapsed = drain_end - t0
+    expected = sent_in_window * per
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 3) if latencies else -1.0
+
+    for m in members:
+        m.sock.close()
+    return {
+        "mode": "secure" if secure else "plain",
+        "rooms": args.rooms,
+        "members": args.members,
+        "rate": args.rate,
+        "setup_s": round(setup_s, 1),
+        "sent": sent_in_window,
+        "expected": expected,
+        "delivered": delivered,
+        "loss_pct": round(100 * (1 - delivered / expected), 4) if expected else None,
+        "delivered_out_s": round(delivered / args.duration, 1),
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "server_cpu_pct": round(100 * server_cpu / elapsed, 1),
+        "server_us_per_out": round(1e6 * server_cpu / max(1, seq * per), 2),
+        "generator_cpu_pct": round(100 * gen_cpu / elapsed, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rooms", type=int, default=500)
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--drain", type=float, default=2.0)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--only", choices=["secure", "plain"])
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {0})
+        except OSError:
+            pass
+    for _ in range(args.runs):
+        for secure in (True, False):
+            if args.only and args.only != ("secure" if secure else "plain"):
+                continue
+            print(json.dumps(run(args, secure)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -109,6 +109,7 @@ class SharedRoom:
     host: str
     password: PasswordHash | None
     capacity: int | None
+    history: int = 0
 
 
 class Outbox:
@@ -483,19 +484,21 @@ class RedisCluster(Peers):
         self.rooms.check_create(name)
 
     def create(
-        self, name: str, username: str, ip: str, now: float, password: PasswordHash | None, capacity: int | None
+        self, name: str, username: str, ip: str, now: float, password: PasswordHash | None, capacity: int | None, history: int = 0
     ) -> defer.Deferred[Member]:
         """See L{ocm.registry.Registry.create}: decided by the CREATE script."""
         self._check_up()
         self.rooms.check_create(name)
         room_id = secrets.token_hex(8)
-        args = (name, room_id, username, self.node, "" if capacity is None else capacity, encode_password(password))
+        args = (name, room_id, username, self.node, "" if capacity is None else capacity, encode_password(password), history)
 
         def created(result: Any) -> Member:
             if int(result) != 1:
                 raise RoomError(409, f"room {name!r} already exists")
             try:
-                return self.rooms.create(name, username, ip, self.clock.seconds(), password=password, capacity=capacity, room_id=room_id)
+                return self.rooms.create(
+                    name, username, ip, self.clock.seconds(), password=password, capacity=capacity, room_id=room_id, history=history
+                )
             except RoomError:
                 self._script(scripts.CLOSE, name, room_id, self.node)
                 raise
@@ -527,7 +530,12 @@ class RedisCluster(Peers):
                 raise RoomError(404, f"no room named {name!r}")
             capacity = fields.get("capacity", "")
             return SharedRoom(
-                name, fields["id"], fields.get("host", ""), decode_password(fields.get("password", "")), int(capacity) if capacity else None
+                name,
+                fields["id"],
+                fields.get("host", ""),
+                decode_password(fields.get("password", "")),
+                int(capacity) if capacity else None,
+                int(fields.get("history") or 0),
             )
 
         d: defer.Deferred[Any] = self.command.hgetall(scripts.room_key(name, "room"))
@@ -547,7 +555,7 @@ class RedisCluster(Peers):
                 raise RoomError(409, f"username {username!r} is taken in room {info.name!r}")
             if status == 503:
                 raise RoomError(503, f"room {info.name!r} is full")
-            room = self.rooms.adopt(info.name, info.id, info.host, info.password, info.capacity)
+            room = self.rooms.adopt(info.name, info.id, info.host, info.password, info.capacity, info.history)
             self.relay.send_all(self._sync_remote(room, pairs(result[1]), pairs(result[2])))
             try:
                 member = self.rooms.add_member(room, username, ip, self.clock.seconds())

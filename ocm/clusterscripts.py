@@ -9,7 +9,7 @@ there and never by a read-then-write from a node.  The keys (docs/cluster.rst):
     ocm:nodes               set   node names
     ocm:alive:<node>        string, expires: the node's heartbeat
     ocm:where:<node>        set   rooms where the node has members
-    ocm:{<hex name>}:room   hash  id, host, node (the host's), capacity, password
+    ocm:{<hex name>}:room   hash  id, host, node (the host's), capacity, password, history
     ocm:{<hex name>}:members hash username -> node (bound or not)
     ocm:{<hex name>}:bound  hash  username -> node (bound only)
 
@@ -30,11 +30,11 @@ def room_key(name: str, what: str) -> str:
     return "ocm:{" + name.encode("utf-8").hex() + "}:" + what
 
 
-#: ARGV: name, id, host, node, capacity, password -> 1 created, 0 name taken.
+#: ARGV: name, id, host, node, capacity, password, history -> 1 created, 0 name taken.
 CREATE = _KEYS + """
 local room = key(ARGV[1], 'room')
 if redis.call('EXISTS', room) == 1 then return 0 end
-redis.call('HSET', room, 'id', ARGV[2], 'host', ARGV[3], 'node', ARGV[4], 'capacity', ARGV[5], 'password', ARGV[6])
+redis.call('HSET', room, 'id', ARGV[2], 'host', ARGV[3], 'node', ARGV[4], 'capacity', ARGV[5], 'password', ARGV[6], 'history', ARGV[7])
 redis.call('HSET', key(ARGV[1], 'members'), ARGV[3], ARGV[4])
 redis.call('HSET', 'ocm:rooms', ARGV[1], ARGV[2])
 redis.call('SADD', 'ocm:where:' .. ARGV[4], ARGV[1])

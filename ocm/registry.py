@@ -33,9 +33,9 @@ class Registry(Protocol):
         """Raise L{ocm.rooms.RoomError} early for a create that cannot succeed."""
 
     def create(
-        self, name: str, username: str, ip: str, now: float, password: PasswordHash | None, capacity: int | None
+        self, name: str, username: str, ip: str, now: float, password: PasswordHash | None, capacity: int | None, history: int = 0
     ) -> defer.Deferred[Member]:
-        """Open a room hosted by C{username}; fire with the host member."""
+        """Open a room hosted by C{username}, keeping C{history} messages; fire with the host member."""
 
     def find(self, name: str) -> defer.Deferred[Any]:
         """Fire with the L{RoomInfo} of the room called C{name}, or fail with a 404."""
@@ -58,10 +58,10 @@ class LocalRegistry:
         self.rooms.check_create(name)
 
     def create(
-        self, name: str, username: str, ip: str, now: float, password: PasswordHash | None, capacity: int | None
+        self, name: str, username: str, ip: str, now: float, password: PasswordHash | None, capacity: int | None, history: int = 0
     ) -> defer.Deferred[Member]:
         """See L{Registry.create}."""
-        return defer.maybeDeferred(self.rooms.create, name, username, ip, now, password=password, capacity=capacity)
+        return defer.maybeDeferred(self.rooms.create, name, username, ip, now, password=password, capacity=capacity, history=history)
 
     def find(self, name: str) -> defer.Deferred[Room]:
         """See L{Registry.find}: the room itself is its info."""

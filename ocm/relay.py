@@ -14,6 +14,7 @@ from ocm import wire
 from ocm.fanout import NATIVE, FanOut, Failures, fan_out_of, pack_address
 from ocm.rooms import Address, Member, Room, Rooms, Sends, normalise_ip_cached
 from ocm.sending import enlarge_receive_buffer, is_overload, send_all, sendto_of
+from ocm.tunnel import Tunnel, is_tunnel
 
 log = Logger()
 
@@ -54,6 +55,8 @@ class RelayProtocol(DatagramProtocol):
         self._fan: FanOut | None = None
         #: Secure mode: the member bound to each address, to seal its notices.
         self._by_addr: dict[Address, Member] = {}
+        #: Open tunnels (L{ocm.tunnel}) by their address.
+        self.tunnels: dict[Address, Tunnel] = {}
         if rooms.secure:
             self.datagramReceived = self.sealed_datagram_received  # type: ignore[method-assign]
 
@@ -71,6 +74,54 @@ class RelayProtocol(DatagramProtocol):
             if self.rooms.secure:
                 sends = self._seal_notices(sends)
             send_all(self._sendto, sends, self.stats)
+            if self.tunnels:
+                self._close_orphan_tunnels()
+
+    # Tunnels (--tunnel): members whose datagrams come and go over TCP
+
+    def open_tunnel(self, tunnel: Tunnel) -> None:
+        """
+        Start writing C{tunnel}'s member through it.  A member already bound
+        to a UDP address moves to the tunnel (its UDP replies were lost).
+        """
+        if not self.tunnels:
+            self._route_through_tunnels()
+        self.tunnels[tunnel.addr] = tunnel
+        member = tunnel.member
+        if member.addr is not None and member.addr != tunnel.addr:
+            old = member.addr
+            member.addr = tunnel.addr
+            member.sockaddr = None
+            if member.channel is not None:
+                self._by_addr.pop(old, None)
+                self._by_addr[tunnel.addr] = member
+
+    def close_tunnel(self, tunnel: Tunnel) -> None:
+        """The tunnel's connection is gone: its member leaves (C{left}) if it still chats through it."""
+        self.tunnels.pop(tunnel.addr, None)
+        member = tunnel.member
+        if self.rooms.tokens.get(member.token) is member and member.addr in (tunnel.addr, None):
+            self.send_all(self.rooms.remove(member, "left"))
+
+    def _close_orphan_tunnels(self) -> None:
+        tokens = self.rooms.tokens
+        for tunnel in [t for t in self.tunnels.values() if tokens.get(t.member.token) is not t.member]:
+            self.tunnels.pop(tunnel.addr, None)
+            tunnel.transport.loseConnection()
+
+    def _route_through_tunnels(self) -> None:
+        """From the first tunnel on, sends to a tunnel address go to its tunnel."""
+        raw = self._sendto
+        tunnels = self.tunnels
+
+        def sendto(data: bytes, addr: Address) -> Any:
+            tunnel = tunnels.get(addr)
+            if tunnel is not None:
+                return tunnel.send(data)
+            return raw(data, addr)
+
+        self._sendto = sendto
+        self._fan = fan_out_of(self.transport, sendto, sealed=self.rooms.secure)
 
     def _seal_notices(self, sends: Sends) -> Sends:
         """Each notice sealed for the member bound to its address; members gone are forgotten after."""
@@ -124,7 +175,7 @@ class RelayProtocol(DatagramProtocol):
 
     def _bind(self, member: Member, addr: Address) -> None:
         """The member's first accepted datagram: bind its token to C{addr}."""
-        member.sockaddr = pack_address(addr)
+        member.sockaddr = None if is_tunnel(addr) else pack_address(addr)
         if member.channel is not None:
             self._by_addr[addr] = member
         self.send_all(self.rooms.bind(member, addr, self.clock.seconds()))
@@ -201,6 +252,8 @@ class RelayProtocol(DatagramProtocol):
         self.stats.relayed += sent
         if failed is not None:
             self._delivery_failed(failed)
+        if room.history_size:
+            room.remember(out, self.clock.seconds())
         peers = self.rooms.peers
         if peers.shared:
             peers.chat(room, out)
@@ -214,6 +267,8 @@ class RelayProtocol(DatagramProtocol):
         self.stats.relayed += sent
         if failed is not None:
             self._delivery_failed(failed)
+        if room.history_size:
+            room.remember(out, self.clock.seconds())
 
     def _delivery_failed(self, failed: Failures) -> None:
         sends: Sends = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import secrets
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,8 @@ log = Logger()
 
 # Consecutive failed deliveries after which a member is removed as unreachable.
 MAX_SEND_FAILURES = 5
+#: The most bytes of history one room keeps, whatever its message count.
+MAX_HISTORY_BYTES = 64 * 1024
 
 
 class RoomError(Exception):
@@ -111,7 +114,7 @@ class Room:
 
     __slots__ = (
         "name", "name_bytes", "host", "host_name", "members", "bound", "password", "capacity", "open",
-        "id", "replica", "roster", "remote", "peer_nodes",
+        "id", "replica", "roster", "remote", "peer_nodes", "history", "history_size", "history_bytes",
     )
 
     def __init__(self, name: str, password: PasswordHash | None, capacity: int | None, room_id: str = "") -> None:
@@ -139,6 +142,32 @@ class Room:
         self.remote: dict[str, str] = {}
         #: Other nodes with members here, and how many: where chat goes.
         self.peer_nodes: dict[str, int] = {}
+        #: Recent history (C{--max-history}): the last C{history_size} chat
+        #: messages, each kept as the C{history} notice a newcomer receives.
+        self.history: deque[bytes] = deque()
+        self.history_size = 0
+        self.history_bytes = 0
+
+    def remember(self, out: bytes, now: float) -> None:
+        """
+        Keep chat message C{out} (relayed form) in the history, as its
+        notice; the oldest go beyond C{history_size} messages or
+        L{MAX_HISTORY_BYTES}.  A message whose notice would not fit in a
+        datagram is not kept.
+        """
+        name_size = out[0]
+        try:
+            notice = wire.encode_notice(
+                "history", user=out[1 : 1 + name_size].decode("utf-8"), text=out[1 + name_size :].decode("utf-8"), time=round(now, 3)
+            )
+        except UnicodeDecodeError:  # pragma: no cover - the relay checked it
+            return
+        if 1 + len(notice) > wire.MAX_RELAYED:
+            return
+        self.history.append(notice)
+        self.history_bytes += len(notice)
+        while len(self.history) > self.history_size or self.history_bytes > MAX_HISTORY_BYTES:
+            self.history_bytes -= len(self.history.popleft())
 
     def member_names(self) -> list[str]:
         """Usernames of the bound members, in order of arrival."""
@@ -228,10 +257,12 @@ class Rooms:
         password: PasswordHash | None = None,
         capacity: int | None = None,
         room_id: str = "",
+        history: int = 0,
     ) -> Member:
         """Open a room with C{username} as its host; return the host member."""
         self.check_create(name)
         room = Room(name, password, capacity, room_id)
+        room.history_size = history
         self.rooms[name] = room
         host = self._add(room, username, ip, now, is_host=True)
         room.host = host
@@ -327,6 +358,7 @@ class Rooms:
         room.bound.append(member)
         room.roster[member.name] = None
         sends.append((self.welcome(member), addr))
+        sends.extend((notice, addr) for notice in room.history)
         log.info("{user} joined room {room}", user=member.name, room=room.name)
         self.peers.bound(member)
         return sends
@@ -436,7 +468,7 @@ class Rooms:
 
     # Other nodes' members (a cluster): the registry and pub/sub call these.
 
-    def adopt(self, name: str, room_id: str, host_name: str, password: PasswordHash | None, capacity: int | None) -> Room:
+    def adopt(self, name: str, room_id: str, host_name: str, password: PasswordHash | None, capacity: int | None, history: int = 0) -> Room:
         """
         The local copy of a room hosted on another node (made if missing,
         or if the one held is an earlier room of that name).
@@ -447,6 +479,7 @@ class Rooms:
         if room is not None:
             self.close(room, "host_left")
         room = Room(name, password, capacity, room_id)
+        room.history_size = history
         room.replica = True
         room.host_name = host_name
         self.rooms[name] = room

@@ -80,6 +80,11 @@ class Options(usage.Options):
         ["node", None, "", "This node's name in the cluster, unique (default: host name and ports)."],
         ["tls-cert", None, None, "Secure mode: PEM certificate (then any chain) for TLS on the TCRP port; chat datagrams are sealed."],
         ["tls-key", None, None, "Secure mode: the PEM private key of --tls-cert."],
+        ["max-history", None, 0, "Recent history: the most messages a room may keep for newcomers (its create's 'history'; 0: off).", int],
+    ]
+
+    optFlags: list[list[Any]] = [
+        ["tunnel", None, "Serve TCRP operation 4: chat through the TCP connection where UDP is blocked."],
     ]
 
     def postOptions(self) -> None:
@@ -97,6 +102,8 @@ class Options(usage.Options):
             raise usage.UsageError("--node names a cluster node: give --redis too")
         if len(self["node"].encode("utf-8")) > 200:
             raise usage.UsageError("--node: at most 200 bytes")
+        if not 0 <= self["max-history"] <= 1000:
+            raise usage.UsageError("--max-history must be 0..1000")
         if (self["tls-cert"] is None) != (self["tls-key"] is None):
             raise usage.UsageError("secure mode needs both --tls-cert and --tls-key")
         self["tls"] = None
@@ -195,6 +202,8 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         password_tries=config["password-tries"],
         max_connections_per_ip=config["max-connections-per-ip"],
         registry=registry,
+        relay=relay if config["tunnel"] else None,
+        max_history=config["max-history"],
     )
     top.tcrp = factory  # type: ignore[attr-defined]
     tcp: service.Service

@@ -25,6 +25,7 @@ from ocm.passwords import at_low_priority, hash_password, verify_password
 from ocm.registry import LocalRegistry, Registry
 from ocm.rooms import Member, RoomError, Rooms, normalise_ip
 from ocm.sealing import ALGORITHM
+from ocm.tunnel import Tunnel
 
 log = Logger()
 
@@ -60,6 +61,7 @@ class TCRPProtocol(Protocol):
         self._room = b""
         self._ip = ""
         self._counted = False
+        self._tunnel: Tunnel | None = None
 
     @property
     def _tcp(self) -> ITCPTransport:
@@ -76,9 +78,12 @@ class TCRPProtocol(Protocol):
         self._timer = self.factory.clock.callLater(self.factory.request_timeout, self._timed_out)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        """Forget the timer; a pending password check will not be answered."""
+        """Forget the timer; a pending password check will not be answered; a tunnel's member leaves."""
         self._lost = True
         self._cancel_timer()
+        if self._tunnel is not None:
+            tunnel, self._tunnel = self._tunnel, None
+            self.factory.relay.close_tunnel(tunnel)
         if self._counted:
             self._counted = False
             self.factory.connection_closed(self._ip)
@@ -99,7 +104,10 @@ class TCRPProtocol(Protocol):
         return cast("IPv4Address | IPv6Address", self._tcp.getPeer()).host
 
     def dataReceived(self, data: bytes) -> None:
-        """Buffer until one whole frame is in; ignore anything after it."""
+        """Buffer until one whole frame is in; ignore anything after it (but in a tunnel)."""
+        if self._tunnel is not None:
+            self._tunnel.data_received(data)
+            return
         if self._done:
             return
         self._buffer += data
@@ -124,8 +132,37 @@ class TCRPProtocol(Protocol):
         self._room = frame.room
         self._done = True
         self._cancel_timer()
+        rest = bytes(self._buffer[end:])
         self._buffer = bytearray()
+        if frame.operation == wire.OP_TUNNEL and self.factory.relay is not None:
+            self._start_tunnel(frame, rest)
+            return
         self.factory.handle(frame, self._peer(), lambda: not self._lost).addCallbacks(self._answer, self._failed)
+
+    def _start_tunnel(self, frame: wire.Frame, rest: bytes) -> None:
+        """
+        L{wire.OP_TUNNEL}: the token's member chats through this connection
+        from now on (docs/tunnel.rst); the connection stays open.
+        """
+        factory = self.factory
+        try:
+            if not factory.requests.allow(self._ip, factory.clock.seconds()):
+                raise RoomError(429, "too many requests from this address; slow down")
+            request = wire.parse_request(frame, tunnel=True)
+            member = factory.rooms.tokens.get(request.fields["token"].encode("ascii"))
+            if member is None or member.room.name != request.room or member.ip != self._ip:
+                raise RoomError(401, "no such member of this room for this address")
+        except (RoomError, wire.WireError) as e:
+            factory.rooms.stats.requests[(wire.OP_TUNNEL, e.status)] += 1
+            self._error(e.status, str(e))
+            return
+        factory.rooms.stats.requests[(wire.OP_TUNNEL, 200)] += 1
+        self._tunnel = Tunnel(self._tcp, factory.relay, member, self._ip)
+        self._tcp.write(wire.response_frame(wire.OP_TUNNEL, frame.room, 200))
+        factory.relay.open_tunnel(self._tunnel)
+        log.info("{user} of room {room} chats through a TCP tunnel", user=member.name, room=member.room.name)
+        if rest:
+            self._tunnel.data_received(rest)
 
     def _answer(self, frames: list[bytes]) -> None:
         if not self._lost:
@@ -149,6 +186,7 @@ class TCRPFactory(ServerFactory):
     @ivar udp_port: returns the relay's port, for the 200 response.
     @ivar run_blocking: runs a slow function (password hashing) off the
         reactor thread, at low priority, unless a test says otherwise.
+    @ivar relay: the relay, for tunnels (C{--tunnel}); None: no tunnels.
     @ivar registry: where rooms are created, found and joined (the local
         rooms by default; L{ocm.cluster.RedisRegistry} when clustered).
     """
@@ -168,9 +206,15 @@ class TCRPFactory(ServerFactory):
         password_tries: int = 5,
         max_connections_per_ip: int = 100,
         registry: Registry | None = None,
+        relay: Any = None,
+        max_history: int = 0,
     ) -> None:
         self.rooms = rooms
         self.registry: Registry = registry if registry is not None else LocalRegistry(rooms)
+        #: The relay, when tunnels are served (C{--tunnel}); None: operation 4 is unknown (400).
+        self.relay = relay
+        #: The most history a room may keep (C{--max-history}); 0: none, the key is ignored.
+        self.max_history = max_history
         self.udp_port = udp_port
         self.clock = clock
         self.max_payload = max_payload
@@ -232,7 +276,7 @@ class TCRPFactory(ServerFactory):
     def _dispatch(self, frame: wire.Frame, peer: str, wanted: Callable[[], bool]) -> Any:
         if not self.requests.allow(normalise_ip(peer), self.clock.seconds()):
             raise RoomError(429, "too many requests from this address; slow down")
-        request = wire.parse_request(frame)
+        request = wire.parse_request(frame, tunnel=False, history=self.max_history > 0)
         if request.operation == wire.OP_LIST:
             return self.registry.listing().addCallback(
                 lambda listing: self._ok(request, [wire.complete_frame(wire.OP_LIST, frame.room, wire.encode_json(listing))])
@@ -271,6 +315,7 @@ class TCRPFactory(ServerFactory):
                 self.clock.seconds(),
                 password,
                 fields["capacity"],
+                min(fields.get("history", 0), self.max_history),
             )
             return d.addCallback(lambda member: self._issued(request, member))
 

@@ -19,6 +19,11 @@ OP_CREATE = 1
 OP_JOIN = 2
 OP_LIST = 3
 OPERATIONS = (OP_CREATE, OP_JOIN, OP_LIST)
+#: Extension (docs/tunnel.rst): chat through this TCP connection; only on a
+#: server started with --tunnel (a plain server answers 400, as the SPEC says).
+OP_TUNNEL = 4
+#: Each datagram in a tunnel: its length (4 bytes, big-endian), then the datagram.
+TUNNEL_LENGTH_BYTES = 4
 STATE_REQUEST = 0
 STATE_RESPONSE = 1
 STATE_COMPLETE = 2
@@ -158,15 +163,21 @@ def encode_json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def parse_request(frame: Frame) -> Request:
+def parse_request(frame: Frame, tunnel: bool = False, history: bool = False) -> Request:
     """
     Validate a request frame (SPEC section 1, state 0).
 
     Checks the operation and state, decodes the room name and the JSON
     payload, and checks the fields each operation needs.
+
+    @param tunnel: whether L{OP_TUNNEL} is served (C{--tunnel}).
+    @param history: whether rooms keep history (C{--max-history}): only then
+        is a create's C{history} read (elsewhere it is an unknown key, ignored).
     """
     if frame.state != STATE_REQUEST:
         raise WireError(f"state must be {STATE_REQUEST} in a request")
+    if frame.operation == OP_TUNNEL and tunnel:
+        return parse_tunnel_request(frame)
     if frame.operation not in OPERATIONS:
         raise WireError(f"unknown operation {frame.operation}")
     if frame.operation == OP_LIST:
@@ -203,7 +214,49 @@ def parse_request(frame: Frame) -> Request:
             if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
                 raise WireError("capacity must be an integer >= 1")
         clean["capacity"] = capacity
+        if history:
+            history_size = fields.get("history", 0)
+            if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
+                raise WireError("history must be an integer >= 0")
+            clean["history"] = history_size
     return Request(frame.operation, room, frame.room, clean)
+
+
+def parse_tunnel_request(frame: Frame) -> Request:
+    """An L{OP_TUNNEL} request: the room name, and C{{"token": "..."}} (ASCII, 1..255)."""
+    room = check_text(frame.room, "room name")
+    fields = decode_json(frame.payload)
+    if not isinstance(fields, dict) or not isinstance(fields.get("token"), str):
+        raise WireError("token is required")
+    token = fields["token"]
+    if not token or len(token) > MAX_TOKEN or not token.isascii():
+        raise WireError("token must be 1..255 ASCII characters")
+    return Request(frame.operation, room, frame.room, {"token": token})
+
+
+def tunnel_frame(datagram: bytes) -> bytes:
+    """One datagram as it travels in a tunnel."""
+    return len(datagram).to_bytes(TUNNEL_LENGTH_BYTES, "big") + datagram
+
+
+def split_tunnel_frames(buffer: bytes, limit: int) -> tuple[list[bytes], bytes]:
+    """
+    The whole datagrams at the start of C{buffer}, and the rest.  Raises
+    L{WireError} for a declared length over C{limit}, as soon as it is read.
+    """
+    out = []
+    at = 0
+    size = len(buffer)
+    while size - at >= TUNNEL_LENGTH_BYTES:
+        length = int.from_bytes(buffer[at : at + TUNNEL_LENGTH_BYTES], "big")
+        if length > limit:
+            raise WireError(f"tunnelled datagram of {length} bytes")
+        end = at + TUNNEL_LENGTH_BYTES + length
+        if end > size:
+            break
+        out.append(buffer[at + TUNNEL_LENGTH_BYTES : end])
+        at = end
+    return out, buffer[at:]
 
 
 def response_frame(operation: int, room: bytes, status: int, **fields: Any) -> bytes:

@@ -85,6 +85,33 @@ class ClientCase(ServerCase):
     async def joined(self, proc: ClientProcess) -> None:
         await wait_until(lambda: proc.has("* joined room"), 10, f"welcome: {proc.out!r} {proc.err!r}")
 
+    def pty_client(self, *args: str) -> tuple[Any, Callable[[str], Awaitable[None]]]:
+        """The interactive client in a pseudo-terminal, and a bounded, reactor-friendly expect."""
+        import pexpect
+
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "ocm.client", "--port", str(self.tcp_port), *args],
+            cwd=ROOT,
+            env={**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"},
+            encoding="utf-8",
+            timeout=10,
+            dimensions=(24, 100),
+        )
+        self.addCleanup(child.terminate, True)
+
+        async def expect(pattern: str) -> None:
+            # pexpect blocks; poll it without blocking the reactor for long.
+            for _ in range(200):
+                try:
+                    child.expect(pattern, timeout=0.05)
+                    return
+                except pexpect.TIMEOUT:
+                    await sleep(0.01)
+            raise AssertionError(f"never saw {pattern!r}; got {child.before!r}")
+
+        return child, expect
+
 
 class ScriptedTests(ClientCase):
     """Scripted clients: flags, piped stdin, plain output."""
@@ -210,33 +237,6 @@ class ScriptedTests(ClientCase):
 
 class InteractiveTests(ClientCase):
     """The interactive client in a pseudo-terminal."""
-
-    def pty_client(self, *args: str) -> tuple[Any, Callable[[str], Awaitable[None]]]:
-        """The interactive client in a pseudo-terminal, and a bounded, reactor-friendly expect."""
-        import pexpect
-
-        child = pexpect.spawn(
-            sys.executable,
-            ["-m", "ocm.client", "--port", str(self.tcp_port), *args],
-            cwd=ROOT,
-            env={**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"},
-            encoding="utf-8",
-            timeout=10,
-            dimensions=(24, 100),
-        )
-        self.addCleanup(child.terminate, True)
-
-        async def expect(pattern: str) -> None:
-            # pexpect blocks; poll it without blocking the reactor for long.
-            for _ in range(200):
-                try:
-                    child.expect(pattern, timeout=0.05)
-                    return
-                except pexpect.TIMEOUT:
-                    await sleep(0.01)
-            raise AssertionError(f"never saw {pattern!r}; got {child.before!r}")
-
-        return child, expect
 
     async def test_join_protected_room_types_in_clear(self) -> None:
         """

@@ -80,14 +80,14 @@ async def scripted(reactor: Any, args: argparse.Namespace, ui: ScriptedIO) -> in
             return EXIT_USAGE
         operation, room = (wire.OP_CREATE, args.create) if args.create else (wire.OP_JOIN, args.join)
         password = password_of(args)
-        reply = await open_room(reactor, host, port, operation, room, args.name, password, args.capacity, tls=tls)
+        reply = await open_room(reactor, host, port, operation, room, args.name, password, args.capacity, tls=tls, history=args.history)
     except RequestFailed as e:
         ui.out(f"error: {e}")
         return EXIT_ERROR
     if reply.status != 200:
         ui.out(f"error: {render.refusal(operation, room, reply.status, reply.message)}")
         return EXIT_REFUSED
-    return await chat(reactor, ui, host, port, reply, room, args.name, password, args.rejoin, tls=tls)
+    return await chat(reactor, ui, host, port, reply, room, args.name, password, args.rejoin, tls=tls, tcp_only=args.tcp_only)
 
 
 def run_scripted(args: argparse.Namespace) -> int:

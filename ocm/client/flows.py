@@ -9,6 +9,8 @@ it; nothing here imports a front end.
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Awaitable
 from typing import Any
 
 from twisted.internet import defer
@@ -16,6 +18,7 @@ from twisted.internet import defer
 from ocm import wire
 from ocm.client import render
 from ocm.client.requests import Reply, RequestFailed, request
+from ocm.client.tunnel import open_tunnel
 from ocm.client.session import EXIT_DISCONNECTED, ChatSession, Ending, LobbySession, _Session
 
 
@@ -90,6 +93,7 @@ async def chat(
     password: str | None,
     rejoin: bool,
     tls: Any = None,
+    tcp_only: bool = False,
 ) -> int:
     """
     Chat in C{room} with the token of C{reply} until the session ends;
@@ -99,8 +103,23 @@ async def chat(
     """
     while True:
         assert reply.complete is not None
+        token = reply.complete
+
+        def tunnel(token: bytes = token) -> Awaitable[Any]:
+            return open_tunnel(reactor, host, tcp_port, room, token, tls)
+
         session = ChatSession(
-            reactor, (host, int(reply.fields["udp_port"])), room, name, reply.complete, float(reply.fields.get("timeout", 30)), ui.out, key=key_of(reply)
+            reactor,
+            (host, int(reply.fields["udp_port"])),
+            room,
+            name,
+            token,
+            float(reply.fields.get("timeout", 30)),
+            ui.out,
+            key=key_of(reply),
+            tunnel=tunnel,
+            tcp_only=tcp_only,
+            drop_udp=os.environ.get("OCM_CLIENT_DROP_UDP") == "1",
         )
         ending = await run_session(reactor, ui, session, host)
         if ending.message:
@@ -133,10 +152,21 @@ def key_of(reply: Reply) -> bytes | None:
 
 
 async def open_room(
-    reactor: Any, host: str, port: int, operation: int, room: str, name: str, password: str | None, capacity: int | None, tls: Any = None
+    reactor: Any,
+    host: str,
+    port: int,
+    operation: int,
+    room: str,
+    name: str,
+    password: str | None,
+    capacity: int | None,
+    tls: Any = None,
+    history: int | None = None,
 ) -> Reply:
-    """Create or join a room over TCRP."""
+    """Create or join a room over TCRP (a create asking for C{history} messages kept)."""
     payload: dict[str, Any] = {"username": name}
+    if history and operation == wire.OP_CREATE:
+        payload["history"] = history
     if password:
         payload["password"] = password
     if capacity is not None and operation == wire.OP_CREATE:

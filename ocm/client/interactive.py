@@ -28,7 +28,9 @@ class PromptUI(Frontend):
     """Prints above the prompt (prompt_toolkit's patch_stdout does the redraw)."""
 
     def out(self, line: str) -> None:
-        """Print one line above the input line."""
+        """Print one line above the input line; history dimmed."""
+        if line.startswith(render.HISTORY):
+            line = "\x1b[2m" + line + "\x1b[0m"
         print(line, flush=True)
 
 
@@ -98,7 +100,7 @@ async def interactive(args: argparse.Namespace) -> int:
                 text = await ask(prompts, "capacity (empty for no limit)", "")
                 capacity = int(text) if text.isdigit() and int(text) > 0 else None
             try:
-                reply = await twisted(open_room(reactor, host, port, operation, room, name, password, capacity, tls=tls))
+                reply = await twisted(open_room(reactor, host, port, operation, room, name, password, capacity, tls=tls, history=args.history))
             except RequestFailed as e:
                 print(f"* {e}")
                 return EXIT_ERROR
@@ -112,7 +114,7 @@ async def interactive(args: argparse.Namespace) -> int:
                     name = await ask(prompts, "another name")
         ui = PromptUI()
         ui.out("* type /help for commands")
-        return await _chat_loop(prompts, patch_stdout, ui, twisted(chat(reactor, ui, host, port, reply, room, name, password, args.rejoin, tls=tls)))
+        return await _chat_loop(prompts, patch_stdout, ui, twisted(chat(reactor, ui, host, port, reply, room, name, password, args.rejoin, tls=tls, tcp_only=args.tcp_only)))
     except (EOFError, KeyboardInterrupt):
         return EXIT_OK
 

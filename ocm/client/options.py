@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--password", help="the room password (visible in ps: prefer OCM_PASSWORD or --password-file)")
     parser.add_argument("--no-rejoin", dest="rejoin", action="store_false", help="do not join again after a disconnection")
     parser.add_argument("--timeout", type=float, default=30.0, help="lobby only: the server's timeout, to pace keepalives")
+    parser.add_argument("--history", type=int, metavar="N", help="with --create: keep the last N messages for newcomers (if the server keeps history)")
+    parser.add_argument("--tcp-only", action="store_true", help="chat through the TCP connection from the start (a server with --tunnel); otherwise only when UDP gets no reply")
     parser.add_argument("--tls", action="store_true", help="secure mode: TLS to the server, sealed chat (needs a server started with --tls-cert)")
     parser.add_argument("--ca", metavar="PEM", help="with --tls: trust the server's certificate if this CA (or certificate) signed it, not the system's store")
     parser.add_argument("--insecure", action="store_true", help="with --tls: do not check the server's certificate (says so on every run)")

@@ -20,6 +20,10 @@ def chat_line(sender: str, text: str, now: float | None = None) -> str:
     return f"{clock_label(now)} {sender}: {text}"
 
 
+#: Starts a message from the room's history (the interactive client dims these lines).
+HISTORY = "[history] "
+
+
 def _names(names: Any) -> str:
     return ", ".join(str(n) for n in names) if names else "nobody"
 
@@ -47,6 +51,9 @@ def notice_line(notice: dict[str, Any]) -> str:
         reason = notice.get("reason")
         why = "you were silent too long" if reason == "timeout" else "the server could not reach you" if reason == "unreachable" else reason
         return f"* disconnected by the server ({why})"
+    if event == "history":
+        when = notice.get("time")
+        return HISTORY + chat_line(str(user), str(notice.get("text", "")), when if isinstance(when, (int, float)) else None)
     if event == "error":
         code = notice.get("code")
         if code == "too_long":

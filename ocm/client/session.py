@@ -5,7 +5,7 @@ relay (hello until welcomed, keepalives, splitting, notices) and the lobby.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +127,9 @@ class ChatSession(_Session):
         hello_timeout: float = 5.0,
         hello_interval: float = 0.5,
         key: bytes | None = None,
+        tunnel: Callable[[], Awaitable[Any]] | None = None,
+        tcp_only: bool = False,
+        drop_udp: bool = False,
     ) -> None:
         super().__init__(clock, server, out, max(0.1, timeout / 3))
         self.room = room
@@ -141,21 +144,71 @@ class ChatSession(_Session):
             self.limit -= OVERHEAD
         self.hello_timeout = hello_timeout
         self.hello_interval = hello_interval
+        #: Opens a TCP tunnel (L{ocm.client.tunnel}) where UDP gets no reply; None: no fallback.
+        self.open_tunnel = tunnel
+        self.tcp_only = tcp_only
+        #: Test-only (C{OCM_CLIENT_DROP_UDP=1}): behave as if UDP were blocked.
+        self.drop_udp = drop_udp
+        self.tunnel: Any = None
         self.welcomed = False
         self._waiting: list[str] = []
         self._hello: task.LoopingCall | None = None
         self._hello_deadline: Any = None
 
     def startProtocol(self) -> None:
-        """Start saying hello."""
+        """Start saying hello (over UDP, or at once through TCP with C{tcp_only})."""
+        if self.tcp_only and self.open_tunnel is not None:
+            self._through_tcp("* chatting through TCP (--tcp-only)")
+        else:
+            self._say_hello()
+
+    def _say_hello(self) -> None:
         self._hello = task.LoopingCall(self._message, wire.HELLO)
         self._hello.clock = self.clock
         self._hello.start(self.hello_interval)
         self._hello_deadline = self.clock.callLater(self.hello_timeout, self._no_reply)
 
     def _no_reply(self) -> None:
+        if self.open_tunnel is not None and self.tunnel is None:
+            self._stop_hello()
+            self._through_tcp("* UDP blocked: chatting through TCP")
+            return
         host, port = self.server
-        self.end(Ending(EXIT_NO_UDP, f"no reply over UDP from {host}:{port}; is UDP blocked?"))
+        how = "through the TCP tunnel" if self.tunnel is not None else "over UDP"
+        self.end(Ending(EXIT_NO_UDP, f"no reply {how} from {host}:{port}; is UDP blocked?"))
+
+    def _through_tcp(self, why: str) -> None:
+        """Open the tunnel; say hello through it."""
+        assert self.open_tunnel is not None
+        self.out(why)
+
+        def opened(tunnel: Any) -> None:
+            if self.ended.called:
+                tunnel.close()
+                return
+            self.tunnel = tunnel
+            tunnel.deliver = self._received
+            tunnel.closed.addCallback(self._tunnel_closed)
+            self._say_hello()
+
+        def failed(failure: Any) -> None:
+            host, port = self.server
+            self.end(Ending(EXIT_NO_UDP, f"no reply over UDP from {host}:{port}, and no TCP tunnel: {failure.getErrorMessage()}"))
+
+        defer.ensureDeferred(self.open_tunnel()).addCallbacks(opened, failed)  # type: ignore[arg-type]
+
+    def _tunnel_closed(self, _: Any) -> None:
+        if not self.ended.called:
+            self.end(Ending(EXIT_DISCONNECTED, "* the server closed the TCP tunnel", rejoinable=True))
+
+    def _send(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.send(data)
+            self.last_sent = self.clock.seconds()
+        elif self.drop_udp:
+            self.last_sent = self.clock.seconds()
+        else:
+            super()._send(data)
 
     def _stop_hello(self) -> None:
         if self._hello is not None and self._hello.running:
@@ -164,9 +217,11 @@ class ChatSession(_Session):
             self._hello_deadline.cancel()
 
     def end(self, ending: Ending) -> None:
-        """Stop every timer and report the ending."""
+        """Stop every timer, close the tunnel, report the ending."""
         self._stop_hello()
         super().end(ending)
+        if self.tunnel is not None:
+            self.tunnel.close()
 
     def _message(self, message: bytes) -> None:
         """One datagram to the relay: the header and C{message} (sealed, in secure mode)."""
@@ -204,8 +259,14 @@ class ChatSession(_Session):
             self._leave_when_ready = True
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
-        """A chat message or a notice from the relay."""
-        if addr[1] != self.server[1] or self.ended.called:
+        """A chat message or a notice from the relay, over UDP."""
+        if addr[1] != self.server[1] or self.drop_udp:
+            return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        """A datagram from the relay (over UDP or through the tunnel)."""
+        if self.ended.called:
             return
         if self.channel is not None:
             opened, _ = self.channel.open(data)

@@ -13,6 +13,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 
 from ocm import wire
 from ocm.client.requests import RequestFailed
+from ocm.tunnel import no_delay
 
 
 class TunnelProtocol(protocol.Protocol):
@@ -28,7 +29,8 @@ class TunnelProtocol(protocol.Protocol):
         self._open = False
 
     def connectionMade(self) -> None:
-        """Ask for the tunnel."""
+        """Ask for the tunnel (Nagle off: datagrams must not wait)."""
+        no_delay(self.transport)
         self.transport.write(self.request)  # type: ignore[union-attr]
 
     def send(self, datagram: bytes) -> None:

@@ -1,19 +1,21 @@
 """
-The assignment's load in secure mode, and the same load in plain mode, with
-one generator, in one run.
+The assignment's load through the extensions ocmload does not speak, with
+one Python generator, in one run:
 
-    python bench/secure.py                      # 500 rooms x 10 members x 2 msg/s, 20 s, secure then plain
-    python bench/secure.py --rooms 50 --duration 5
+    python bench/pyload.py                          # secure, then plain: 500 rooms x 10 x 2 msg/s, 20 s
+    python bench/pyload.py --modes tunnel,plain     # a third of the members tunnelled, then all over UDP
+    python bench/pyload.py --rooms 50 --duration 5
 
-C{ocmload} speaks only the plain SPEC, so this generator is Python: it
-joins every member over TLS (checking a certificate made for the run),
-seals every datagram with the member's key and opens every one it receives
-(L{ocm.sealing}, the same code as the client), and times each delivery
-(each message carries its send time).  In plain mode it does the same
-without TLS and seals.  A fresh server each run (C{twistd}, pinned to core
-1); the generator pins itself to core 0.  Prints loss, latency, the
-server's CPU and the generator's own (if it nears 100%, the figures are the
-generator's limit, not the server's).
+Modes: C{secure} joins every member over TLS (checking a certificate made
+for the run), seals every datagram with the member's key and opens every
+one it receives (L{ocm.sealing}, the same code as the client); C{tunnel}
+(a server with C{--tunnel}) sends and receives every third member's
+datagrams through its TCP tunnel (docs/reach.rst); C{plain} is the SPEC
+over UDP.  Each message carries its send time; every delivery is timed.
+A fresh server each run (C{twistd}, pinned to core 1); the generator pins
+itself to core 0.  Prints loss, latency, the server's CPU and the
+generator's own (if it nears 100%, the figures are the generator's limit,
+not the server's).
 
 Needs C{twistd} with ocm installed (C{pip install .}).
 """
@@ -86,26 +88,60 @@ def tcrp(port: int, operation: int, room: str, payload: dict[str, Any], context:
 class Member:
     """One generated member: its socket, token and seal."""
 
-    __slots__ = ("index", "room", "name", "sock", "header", "channel", "welcomed")
+    __slots__ = ("index", "room", "name", "sock", "header", "channel", "welcomed", "tunnelled", "buffer")
 
-    def __init__(self, index: int, room: str, name: str, token: bytes, key: bytes | None, udp_port: int) -> None:
+    def __init__(self, index: int, room: str, name: str, token: bytes, key: bytes | None, udp_port: int, tunnel_port: int = 0) -> None:
         self.index = index
         self.room = room
         self.name = name
         self.header = wire.encode_datagram(room.encode(), token)
         self.channel = Channel(key, self.header, server_end=False) if key else None
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.connect(("127.0.0.1", udp_port))
-        self.sock.setblocking(False)
+        self.tunnelled = bool(tunnel_port)
+        self.buffer = b""
+        if self.tunnelled:  # blocking sends, non-blocking reads (MSG_DONTWAIT)
+            self.sock = socket.create_connection(("127.0.0.1", tunnel_port), timeout=30)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.sendall(wire.encode_frame(wire.OP_TUNNEL, 0, room.encode(), wire.encode_json({"token": token.decode()})))
+            while not wire.decode_frames(self.buffer)[0]:
+                self.buffer += self.sock.recv(4096)
+            frames, self.buffer = wire.decode_frames(self.buffer)
+            if wire.decode_json(frames[0].payload)["status"] != 200:
+                raise SystemExit(f"tunnel refused: {frames[0].payload!r}")
+            self.sock.settimeout(None)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind(("127.0.0.1", 0))
+            self.sock.connect(("127.0.0.1", udp_port))
+            self.sock.setblocking(False)
         self.welcomed = False
 
     def send(self, message: bytes) -> None:
         data = self.header + (self.channel.seal(message) if self.channel else message)
+        if self.tunnelled:
+            self.sock.sendall(wire.tunnel_frame(data))
+            return
         try:
             self.sock.send(data)
         except BlockingIOError:
             pass
+
+    def receive(self) -> list[bytes]:
+        """Every datagram waiting (UDP), or every whole one that arrived (tunnel)."""
+        out = []
+        flags = socket.MSG_DONTWAIT if self.tunnelled else 0
+        while True:
+            try:
+                data = self.sock.recv(65536 if self.tunnelled else 8192, flags)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            if not self.tunnelled:
+                out.append(data)
+                continue
+            datagrams, self.buffer = wire.split_tunnel_frames(self.buffer + data, 1 << 20)
+            out.extend(datagrams)
+        return out
 
     def open(self, data: bytes) -> bytes | None:
         if self.channel is None:
@@ -113,13 +149,16 @@ class Member:
         return self.channel.open(data)[0]
 
 
-def run(args: argparse.Namespace, secure: bool) -> dict[str, Any]:
+def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     """One fresh server and one generated load."""
     directory = tempfile.mkdtemp(prefix="ocm-secure-bench-")
     tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     argv = [shutil.which("twistd") or "twistd", "--pidfile=", "-n", "ocm", "--tcp", str(tcp), "--udp", str(udp), "--interface", "127.0.0.1",
             "--request-rate", "100000", "--request-burst", "100000", "--max-connections-per-ip", "100000"]
     context = None
+    secure = mode == "secure"
+    if mode == "tunnel":
+        argv += ["--tunnel"]
     if secure:
         cert, key, ca = make_certificate(directory)
         argv += ["--tls-cert", cert, "--tls-key", key]
@@ -138,7 +177,7 @@ def run(args: argparse.Namespace, secure: bool) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise SystemExit("the server did not start") from None
                 time.sleep(0.05)
-        return load(args, secure, tcp, context, server.pid)
+        return load(args, mode, tcp, context, server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -147,8 +186,9 @@ def run(args: argparse.Namespace, secure: bool) -> dict[str, Any]:
             server.kill()
 
 
-def load(args: argparse.Namespace, secure: bool, tcp: int, context: ssl.SSLContext | None, pid: int) -> dict[str, Any]:  # noqa: C901
+def load(args: argparse.Namespace, mode: str, tcp: int, context: ssl.SSLContext | None, pid: int) -> dict[str, Any]:  # noqa: C901
     """Set up every member, send for warm-up + window, drain, count."""
+    secure = mode == "secure"
     started = time.monotonic()
     names = [(r, m) for r in range(args.rooms) for m in range(args.members)]
 
@@ -157,7 +197,9 @@ def load(args: argparse.Namespace, secure: bool, tcp: int, context: ssl.SSLConte
         room = f"room{r}"
         body, token = tcrp(tcp, wire.OP_CREATE if m == 0 else wire.OP_JOIN, room, {"username": f"u{m}"}, context)
         key = bytes.fromhex(body["key"]) if secure else None
-        return Member(r * args.members + m, room, f"u{m}", token, key, int(body["udp_port"]))
+        index = r * args.members + m
+        tunnel = tcp if mode == "tunnel" and index % 3 == 2 else 0
+        return Member(index, room, f"u{m}", token, key, int(body["udp_port"]), tunnel)
 
     with ThreadPoolExecutor(16) as pool:
         hosts = list(pool.map(setup, [n for n in names if n[1] == 0]))
@@ -177,11 +219,7 @@ def load(args: argparse.Namespace, secure: bool, tcp: int, context: ssl.SSLConte
         while time.monotonic() < end:
             for fd, _ in poller.poll(0.05):
                 m = by_fd[fd]
-                while True:
-                    try:
-                        data = m.sock.recv(8192)
-                    except BlockingIOError:
-                        break
+                for data in m.receive():
                     plain = m.open(data)
                     if plain and plain[0] == 0:
                         m.welcomed = True
@@ -228,11 +266,7 @@ def load(args: argparse.Namespace, secure: bool, tcp: int, context: ssl.SSLConte
                 cycle += 1
         for fd, _ in poller.poll(0.001):
             m = by_fd[fd]
-            while True:
-                try:
-                    data = m.sock.recv(8192)
-                except BlockingIOError:
-                    break
+            for data in m.receive():
                 plain = m.open(data)
                 if plain is None:
                     continue
@@ -255,7 +289,8 @@ def load(args: argparse.Namespace, secure: bool, tcp: int, context: ssl.SSLConte
     for m in members:
         m.sock.close()
     return {
-        "mode": "secure" if secure else "plain",
+        "mode": mode,
+        "tunnelled": sum(1 for m in members if m.tunnelled),
         "rooms": args.rooms,
         "members": args.members,
         "rate": args.rate,
@@ -284,18 +319,20 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=2.0)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--only", choices=["secure", "plain"])
+    parser.add_argument("--modes", default="secure,plain", help="comma-separated, run in this order: secure, tunnel, plain")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         try:
             os.sched_setaffinity(0, {0})
         except OSError:
             pass
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in ("secure", "tunnel", "plain"):
+            parser.error(f"unknown mode {mode!r}")
     for _ in range(args.runs):
-        for secure in (True, False):
-            if args.only and args.only != ("secure" if secure else "plain"):
-                continue
-            print(json.dumps(run(args, secure)), flush=True)
+        for mode in modes:
+            print(json.dumps(run(args, mode)), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from twisted.web.server import Request
 from ocm.rooms import Rooms
 from ocm.stats import Stats
 
-OPERATIONS = {0: "connect", 1: "create", 2: "join", 3: "list"}
+OPERATIONS = {0: "connect", 1: "create", 2: "join", 3: "list", 4: "tunnel"}
 
 
 class OcmCollector:
@@ -59,6 +59,16 @@ class OcmCollector:
         yield GaugeMetricFamily("ocm_rooms", "Open rooms.", value=rooms)
         yield GaugeMetricFamily("ocm_members", "Members (issued tokens), bound or not.", value=members)
         yield GaugeMetricFamily("ocm_members_bound", "Members whose token is bound to a UDP address.", value=bound)
+        peers: Any = self.rooms.peers
+        if peers.shared:  # a cluster node (ocm.cluster)
+            outbox = peers.outbox
+            batches = CounterMetricFamily(
+                "ocm_cluster_batches", "Batches to other nodes: written, or dropped (Redis unreachable or behind).", labels=["outcome"]
+            )
+            batches.add_metric(["sent"], outbox.sent if outbox is not None else 0)
+            batches.add_metric(["dropped"], outbox.dropped if outbox is not None else 0)
+            yield batches
+            yield GaugeMetricFamily("ocm_cluster_ready", "1 while Redis is reachable and this node takes room requests.", value=1 if peers.ready else 0)
         if self.lobby is not None:
             yield CounterMetricFamily("ocm_lobby_datagrams_received", "Datagrams received on the lobby port.", value=s.lobby_received)
             yield CounterMetricFamily("ocm_lobby_datagrams_relayed", "Datagrams written to lobby clients.", value=s.lobby_relayed)

@@ -128,6 +128,11 @@ class ClusterChat(ClusterCase):
         for node in "abc":
             body, frames = await self.request(node, 3, "")
             self.assertEqual(wire.decode_json(frames[1].payload), [{"name": "部屋", "members": 3, "capacity": 5, "protected": True}])
+        from ocm.metrics import OcmCollector
+
+        families = {m.name: m for m in OcmCollector(self.nodes["a"].rooms.stats, self.nodes["a"].rooms).collect()}
+        self.assertEqual(families["ocm_cluster_ready"].samples[0].value, 1)
+        self.assertIn("ocm_cluster_batches", families)
         dump = self.redis.command("HGETALL", "ocm:{" + "部屋".encode().hex() + "}:room")
         self.assertIn(b"scrypt$", dump)
         self.assertNotIn("秘密の合言葉".encode(), dump)
@@ -327,3 +332,32 @@ class ClusterFailures(ClusterCase):
         self.assertEqual(listing, expected)
         body, _ = await self.request("c", 2, "r", username="host")
         self.assertEqual(body["status"], 409)
+
+
+class ClusterEdges(ClusterCase):
+    """What the single-node checks become across nodes."""
+
+    async def test_token_only_on_its_node(self) -> None:
+        """A token issued by node a, sent to node b's UDP port, is dropped there (b holds no such member)."""
+        host, guest = await self.room("r", "ab")
+        forged = Member(self, self.nodes["b"].udp_port, "r", "host", host.token)
+        forged.send(b"spoofed")
+        await wait_until(lambda: self.nodes["b"].rooms.stats.dropped["unknown_token"] >= 1, 5, "the drop")
+        await sleep(0.2)
+        self.assertEqual(guest.chats(), [])
+
+    async def test_node_stopping(self) -> None:
+        """
+        A node stopped (SIGTERM's path): its rooms close everywhere with
+        shutdown, its members leave the other nodes' rooms as unreachable.
+        """
+        host_b, guest_a = await self.room("on-b", "ba")
+        host_a, guest_b = await self.room("on-a", "ab")
+        await self.nodes["b"].stop()
+        await wait_until(lambda: guest_a.peer.notices("closed") and host_a.peer.notices("leave"), 5, "the stop told")
+        self.assertEqual(guest_a.peer.notices("closed"), [{"event": "closed", "reason": "shutdown"}])
+        self.assertEqual(host_a.peer.notices("leave"), [{"event": "leave", "user": "guest1", "reason": "unreachable"}])
+        self.assertEqual(host_b.peer.notices("closed"), [{"event": "closed", "reason": "shutdown"}])
+        _, frames = await self.request("c", 3, "")
+        self.assertEqual(wire.decode_json(frames[1].payload), [{"name": "on-a", "members": 1, "capacity": None, "protected": False}])
+        self.assertEqual(self.redis.command("SMEMBERS", "ocm:nodes").count(b"$1\r\nb\r\n"), 0)

@@ -209,12 +209,14 @@ class SecureEndToEnd(unittest.TestCase):
     """A whole server in secure mode on loopback; clients as subprocesses."""
 
     timeout = 60
+    #: More options of the server under test.
+    server_args: list[str] = ["--tunnel"]
 
     async def setUp(self) -> None:
         self.files = write_server_files(os.path.abspath(self.mktemp()))
         options = Options()
         options.parseOptions(
-            ["--tcp", "0", "--udp", "0", "--interface", "127.0.0.1", "--tls-cert", self.files["server.pem"], "--tls-key", self.files["server.key"]]
+            ["--tcp", "0", "--udp", "0", "--interface", "127.0.0.1", "--tls-cert", self.files["server.pem"], "--tls-key", self.files["server.key"], *self.server_args]
         )
         self.service = makeService(options, reactor)
         self.service.startService()
@@ -244,6 +246,21 @@ class SecureEndToEnd(unittest.TestCase):
         alice.close_stdin()
         self.assertEqual(await self.ended(bob), EXIT_OK)
         self.assertEqual(await self.ended(alice), EXIT_OK)
+
+    async def test_tunnel_inside_tls(self) -> None:
+        """With --tunnel too: a member chatting through its TLS tunnel, sealed, with a UDP member."""
+        alice = self.client("--tls", "--ca", self.files["ca.pem"], "--name", "alice", "--create", "r")
+        await wait_until(lambda: alice.has("* joined room"), 10, "alice in")
+        bob = self.client("--tls", "--ca", self.files["ca.pem"], "--name", "bob", "--join", "r", "--tcp-only")
+        await wait_until(lambda: bob.has("* joined room"), 10, f"bob in: {bob.out!r}")
+        self.assertEqual(len(self.service.relay.tunnels), 1)  # type: ignore[attr-defined]
+        alice.send("over UDP, sealed")
+        await wait_until(lambda: any(line.endswith("alice: over UDP, sealed") for line in bob.lines), 10, "to bob")
+        bob.send("through TLS, sealed")
+        await wait_until(lambda: any(line.endswith("bob: through TLS, sealed") for line in alice.lines), 10, "to alice")
+        bob.close_stdin()
+        alice.close_stdin()
+        self.assertEqual(await self.ended(bob), EXIT_OK)
 
     async def test_wrong_ca_refused(self) -> None:
         c = self.client("--tls", "--ca", self.files["other-ca.pem"], "--name", "x", "--list")

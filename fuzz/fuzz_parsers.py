@@ -23,8 +23,9 @@ with atheris.instrument_imports():
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
 
-    from ocm import wire
+    from ocm import clusterwire, wire
     from ocm.client.session import ChatSession, Ending
+    from ocm.sealing import Channel, new_key
     from ocm.lobby import LobbyProtocol
     from ocm.relay import RelayProtocol
     from ocm.rooms import Rooms
@@ -96,7 +97,40 @@ def client(data: bytes) -> None:
     session.end(Ending(0))  # stop its timers
 
 
-TARGETS = [tcrp, relay, lobby, client]
+def cluster_batch(data: bytes) -> None:
+    try:
+        _, records = clusterwire.parse_batch(data)
+        for kind, _room, body in records:
+            if kind == clusterwire.LEFT:
+                clusterwire.parse_left(body)
+            elif kind == clusterwire.SYNC:
+                clusterwire.parse_sync(body)
+    except (clusterwire.ClusterWireError, UnicodeDecodeError):
+        pass
+
+
+def tunnel_and_seal(data: bytes) -> None:
+    try:
+        wire.split_tunnel_frames(data, 5120)
+    except wire.WireError:
+        pass
+    server = Channel(new_key(), b"\x01\x01rt", server_end=True)
+    plaintext, why = server.open(data)
+    assert plaintext is None and why, "a random datagram opened"
+    assert server.window.top == -1, "a forgery moved the window"
+
+
+def sealed_relay(data: bytes) -> None:
+    rooms = Rooms(secure=True)
+    proto = RelayProtocol(rooms, Clock())
+    sink = Sink()
+    proto.makeConnection(sink)  # type: ignore[arg-type]
+    host = rooms.create("room", "host", "127.0.0.1", 0)
+    proto.datagramReceived(wire.encode_datagram(b"room", host.token, data[:4000]), ("127.0.0.1", 5001))
+    assert sink.written == [] and host.addr is None, "an unsealed or forged datagram was accepted"
+
+
+TARGETS = [tcrp, relay, lobby, client, cluster_batch, tunnel_and_seal, sealed_relay]
 
 
 def test_one(data: bytes) -> None:

@@ -7,6 +7,10 @@ on join; a server built by the plugin's own makeService, real sockets on
 from __future__ import annotations
 
 import socket
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
 from ocm import wire
 from tests.helpers import sleep, status_of, tcrp_raw, wait_until
 from tests.test_client_end_to_end import ClientCase
@@ -205,3 +209,53 @@ class InteractiveHistory(ClientCase):
         await expect("\x1b\\[2m\\[history\\] \\d\\d:\\d\\d host: 昨日の話")
         child.sendcontrol("d")
         host.close_stdin()
+
+
+class TunnelWire(unittest.TestCase):
+    """The tunnel's framing and request (pure)."""
+
+    @given(st.lists(st.binary(max_size=5000), max_size=20), st.integers(1, 64))
+    def test_frames_round_trip_in_any_chunks(self, datagrams: list[bytes], chunk: int) -> None:
+        stream = b"".join(wire.tunnel_frame(d) for d in datagrams)
+        got: list[bytes] = []
+        buffer = b""
+        for i in range(0, len(stream), chunk):
+            out, buffer = wire.split_tunnel_frames(buffer + stream[i : i + chunk], 5120)
+            got.extend(out)
+        self.assertEqual(got, datagrams)
+        self.assertEqual(buffer, b"")
+
+    def test_exact_bytes_and_limits(self) -> None:
+        self.assertEqual(wire.tunnel_frame(b"\x01\x01rt"), b"\x00\x00\x00\x04\x01\x01rt")
+        with self.assertRaises(wire.WireError):
+            wire.split_tunnel_frames(b"\x00\x00\x14\x01", 5120)  # 5121 declared: refused before the body
+        request = wire.parse_request(wire.Frame(4, 0, b"r", b'{"token": "abc"}'), tunnel=True)
+        self.assertEqual((request.room, request.fields), ("r", {"token": "abc"}))
+        for payload in (b"{}", b'{"token": ""}', b'{"token": "\\u00e9"}', b'{"token": 5}', b"[]"):
+            with self.assertRaises(wire.WireError):
+                wire.parse_request(wire.Frame(4, 0, b"r", payload), tunnel=True)
+        with self.assertRaises(wire.WireError):  # a plain server: unknown operation
+            wire.parse_request(wire.Frame(4, 0, b"r", b'{"token": "abc"}'))
+
+
+class TunnelLimits(ServerCase):
+    """Tunnels are TCRP connections: they count against --max-connections-per-ip."""
+
+    server_args = ["--tunnel", "--max-connections-per-ip", "2"]
+
+    async def test_tunnels_count(self) -> None:
+        host, = await self.room("r")
+        tunnels = []
+        for name in ("t1", "t2"):
+            _, frames = await self.request(2, "r", username=name)
+            t = RawTunnel(self.tcp_port, "r", frames[1].payload)
+            self.addCleanup(t.sock.close)
+            t.send(wire.HELLO)
+            tunnels.append(t)
+        await wait_until(lambda: len(host.peer.notices("join")) == 2, 5, "both tunnels in")
+        body, _ = await self.request(3, "")
+        self.assertEqual(body["status"], 429)
+        tunnels[0].sock.close()
+        await wait_until(lambda: host.peer.notices("leave"), 5, "t1 left")
+        body, _ = await self.request(3, "")
+        self.assertEqual(body["status"], 200)

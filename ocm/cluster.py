@@ -42,6 +42,7 @@ from ocm import clusterscripts as scripts
 from ocm import clusterwire as cw
 from ocm.passwords import PasswordHash
 from ocm.rooms import Member, Peers, Room, RoomError, Rooms, Sends
+from ocm.sending import PausedFlag
 
 log = Logger()
 
@@ -155,7 +156,7 @@ class Outbox:
             self.dropped += len(pending)
 
 
-class PublisherProtocol(protocol.Protocol):
+class PublisherProtocol(PausedFlag, protocol.Protocol):
     """
     The publishing connection: writes pre-encoded commands, reads and
     discards their replies (one line each), and stops taking batches while
@@ -174,18 +175,6 @@ class PublisherProtocol(protocol.Protocol):
         if self.link.password is not None:
             self.transport.write(cw.resp_command(b"AUTH", self.link.password.encode("utf-8")))  # type: ignore[union-attr]
         self.link.connected(self)
-
-    def pauseProducing(self) -> None:
-        """The send buffer is full: drop batches until it drains."""
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        """The send buffer drained."""
-        self.paused = False
-
-    def stopProducing(self) -> None:
-        """The connection is going."""
-        self.paused = True
 
     def dataReceived(self, data: bytes) -> None:
         """Replies: an integer per PUBLISH; an error is logged."""

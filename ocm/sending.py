@@ -84,3 +84,25 @@ def send_all(sendto: Callable[[bytes, Address], Any], sends: Iterable[tuple[byte
                 log.debug("send to {addr} failed: {error}", addr=addr, error=e)
         else:
             stats.notices += 1
+
+
+class PausedFlag:
+    """
+    A streaming producer that only remembers whether its consumer (a TCP
+    transport) asked it to pause: the writer drops what it would have
+    queued while C{paused}, so that a slow peer costs data, never memory.
+    """
+
+    paused = False
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is past its high-water mark."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """The buffer drained."""
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        """The connection is going."""
+        self.paused = True

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from ocm import wire
 from ocm.rooms import Address, Member
+from ocm.sending import PausedFlag
 
 log = Logger()
 
@@ -56,8 +57,8 @@ def is_tunnel(addr: Address) -> bool:
     return addr[1] >= TUNNEL_PORT_BASE
 
 
-class Tunnel:
-    """One member's tunnel over its TCP transport (a streaming producer of it)."""
+class Tunnel(PausedFlag):
+    """One member's tunnel over its TCP transport (a streaming producer of it: paused, it drops)."""
 
     def __init__(self, transport: Any, relay: Any, member: Member, ip: str) -> None:
         self.transport = transport
@@ -71,20 +72,6 @@ class Tunnel:
         #: The socket, for writes straight to it while Twisted has nothing
         #: queued (plain TCP only; under TLS every write goes through it).
         self._socket = transport.socket if isinstance(transport, tcp.Connection) else None
-
-    # the transport, as a producer's consumer
-
-    def pauseProducing(self) -> None:
-        """The peer reads slowly: drop until the buffer drains."""
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        """The buffer drained."""
-        self.paused = False
-
-    def stopProducing(self) -> None:
-        """The connection is going."""
-        self.paused = True
 
     def send(self, datagram: bytes) -> None:
         """Write one datagram; raise an overload error (the member is not blamed) if it cannot wait."""

@@ -70,6 +70,13 @@ def spawn_client(case: Any, tcp_port: int, *args: str, env: dict[str, str] | Non
     return proc
 
 
+async def answer(child: Any, expect: Callable[[str], Awaitable[None]], *steps: tuple[str, str]) -> None:
+    """Answer the interactive client's prompts in order: each (prompt, typed line)."""
+    for prompt, line in steps:
+        await expect(prompt)
+        child.sendline(line)
+
+
 class ClientCase(ServerCase):
     """A server, and clients spawned against it."""
 
@@ -247,14 +254,7 @@ class InteractiveTests(ClientCase):
         host = self.client("--name", "host", "--create", "秘密の部屋", env={"OCM_PASSWORD": "合言葉"})
         await self.joined(host)
         child, expect = self.pty_client()
-        await expect("server")
-        child.sendline("")
-        await expect("your name")
-        child.sendline("ゲスト")
-        await expect("create, join or list")
-        child.sendline("j")
-        await expect("room name")
-        child.sendline("秘密の部屋")
+        await answer(child, expect, ("server", ""), ("your name", "ゲスト"), ("create, join or list", "j"), ("room name", "秘密の部屋"))
         await expect("password")
         child.send("合言葉")
         await expect("[*]{3}")  # masked while typed
@@ -273,18 +273,9 @@ class InteractiveTests(ClientCase):
     async def test_prompts_and_half_typed_line(self) -> None:
         """Prompts for what is missing; an incoming message leaves the half-typed line intact."""
         child, expect = self.pty_client()
-        await expect("server")
-        child.sendline("")
-        await expect("your name")
-        child.sendline("ぼく")
-        await expect("create, join or list")
-        child.sendline("c")
-        await expect("room name")
-        child.sendline("部屋")
-        await expect("password")
-        child.sendline("")
-        await expect("capacity")
-        child.sendline("")
+        await answer(
+            child, expect, ("server", ""), ("your name", "ぼく"), ("create, join or list", "c"), ("room name", "部屋"), ("password", ""), ("capacity", "")
+        )
         await expect("joined room")
         child.send("半分だけ")  # typed, not sent
         await sleep(0.3)

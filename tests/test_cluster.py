@@ -17,8 +17,9 @@ from ocm import wire
 from ocm.tap import Options, makeService
 import socket
 
-from tests.helpers import free_port, listen_udp, sleep, spawn_twistd, status_of, tcrp, wait_until
+from tests.helpers import free_port, sleep, spawn_twistd, status_of, tcrp, wait_until
 from tests.redis_server import RedisServer, require_redis
+from tests.test_end_to_end import Member as EndToEndMember
 
 
 class Node:
@@ -40,29 +41,11 @@ class Node:
             await self.service.stopService()
 
 
-class Member:
+class Member(EndToEndMember):
     """A test client of one node: a token and a UDP socket of its own."""
 
     def __init__(self, case: unittest.TestCase, udp_port: int, room: str, name: str, token: bytes) -> None:
-        self.udp_port = udp_port
-        self.room = room
-        self.name = name
-        self.token = token
-        self.peer, self.port = listen_udp()
-        case.addCleanup(self.port.stopListening)
-
-    def send(self, message: bytes) -> None:
-        self.port.write(wire.encode_datagram(self.room.encode(), self.token, message), ("127.0.0.1", self.udp_port))
-
-    async def hello(self) -> None:
-        for _ in range(50):
-            self.send(wire.HELLO)
-            try:
-                await wait_until(lambda: self.peer.notices("welcome"), 0.1)
-                return
-            except AssertionError:
-                pass
-        raise AssertionError(f"no welcome for {self.name}")
+        super().__init__(case, room, name, token, "127.0.0.1", udp_port)
 
     def chats(self) -> list[tuple[str, str]]:
         return self.peer.chats()

@@ -20,8 +20,10 @@ from tests.helpers import UDPPeer, listen_udp, sleep, status_of, tcrp, tcrp_raw,
 class Member:
     """A test client: a token and a UDP socket of its own."""
 
-    def __init__(self, case: ServerCase, room: str, name: str, token: bytes, source: str) -> None:
+    def __init__(self, case: Any, room: str, name: str, token: bytes, source: str, udp_port: int = 0) -> None:
         self.case = case
+        #: The relay this member talks to (a cluster test names its node's).
+        self.udp_port = udp_port or case.udp_port
         self.room = room
         self.name = name
         self.token = token
@@ -31,7 +33,7 @@ class Member:
     def send(self, message: bytes) -> None:
         """Send one datagram to the relay."""
         data = wire.encode_datagram(self.room.encode(), self.token, message)
-        self.port.write(data, ("127.0.0.1", self.case.udp_port))
+        self.port.write(data, ("127.0.0.1", self.udp_port))
 
     async def hello(self) -> None:
         """Bind: send \\x00hello until the welcome arrives."""

@@ -344,6 +344,8 @@ class RedisCluster(Peers):
             self.outbox.flush()
         if self._pending:
             await self._bounded(defer.DeferredList(list(self._pending)))
+        if self.outbox is not None:
+            self.outbox.flush()  # what those scripts' answers added (a close's other nodes)
         if self.ready:
             await self._bounded(self._eval(scripts.REAP, self.node, "gone"))
             await self._bounded(self.command.delete(f"ocm:alive:{self.node}"))

@@ -252,15 +252,22 @@ class BatchSubscriber(txredisapi.SubscriberProtocol):
 
 
 class CommandFactory(txredisapi.RedisFactory):
-    """txredisapi's factory, telling the cluster of each new connection."""
+    """txredisapi's factory, telling the cluster of each new connection and each lost one."""
 
     on_connect: Callable[[], None]
+    on_disconnect: Callable[[], None]
 
     def addConnection(self, conn: Any) -> None:
         """A connection joined the pool."""
         super().addConnection(conn)
         if conn.connected:
             self.on_connect()
+
+    def delConnection(self, conn: Any) -> None:
+        """A connection left the pool (txredisapi reconnects, with backoff)."""
+        super().delConnection(conn)
+        if not self.stopped:
+            self.on_disconnect()
 
 
 class RedisCluster(Peers):
@@ -315,6 +322,7 @@ class RedisCluster(Peers):
             f"{address.host}:{address.port}", address.db, 1, isLazy=True, password=address.password, replyTimeout=REPLY_TIMEOUT
         )
         factory.on_connect = self._command_connected
+        factory.on_disconnect = self._redis_lost
         factory.startConnecting(endpoint)
         self._command_factory = factory
         self.command = factory.handler
@@ -386,10 +394,18 @@ class RedisCluster(Peers):
         if self._rebuilding:
             raise RoomError(503, "the room registry is being rebuilt; try again in a moment")
         if not self.ready:
-            if not self._down_reported:
-                self._down_reported = True
-                log.error("Redis at {host}:{port} unreachable: refusing room requests (503) until it is back", host=self.address.host, port=self.address.port)
+            self._redis_lost()
             raise RoomError(503, UNREACHABLE)
+
+    def _redis_lost(self) -> None:
+        """Say once that Redis is out of reach (and again only after it came back)."""
+        if not self._down_reported:
+            self._down_reported = True
+            log.error(
+                "Redis at {host}:{port} unreachable: relaying among this node's members only, room requests answered 503, reconnecting",
+                host=self.address.host,
+                port=self.address.port,
+            )
 
     def _command_connected(self) -> None:
         self._want_rebuild()

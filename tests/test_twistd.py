@@ -112,3 +112,54 @@ class TwistdTests(unittest.TestCase):
         self.assertIn(b"is not a positive number", proc.output)
         self.assertIn(b"timeout", proc.output)
         self.assertNotIn(b"Traceback", proc.output)
+
+
+class TwistdExtensions(unittest.TestCase):
+    """The extensions as an operator starts them: secure mode, tunnels, history, in one real twistd."""
+
+    timeout = 60
+
+    async def test_secure_tunnel_history(self) -> None:
+        import os
+
+        from ocm.client.requests import request
+        from ocm.client.tunnel import open_tunnel
+        from ocm.sealing import Channel
+        from ocm.tls import client_tls
+        from tests.certs import write_server_files
+
+        files = write_server_files(os.path.abspath(self.mktemp()))
+        tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+        proc = spawn_twistd(
+            self, "-n", "ocm", "--tcp", str(tcp), "--udp", str(udp), "--interface", "127.0.0.1",
+            "--tls-cert", files["server.pem"], "--tls-key", files["server.key"], "--tunnel", "--max-history", "5",
+        )
+        tls = client_tls("127.0.0.1", files["ca.pem"])
+        from twisted.internet import reactor
+
+        reply = None
+        for _ in range(200):
+            try:
+                reply = await request(reactor, "127.0.0.1", tcp, wire.OP_CREATE, "r", {"username": "host", "history": 2}, tls=tls)
+                break
+            except Exception:
+                await sleep(0.05)
+        self.assertIsNotNone(reply, proc.output)
+        assert reply is not None and reply.complete is not None
+        self.assertEqual((reply.status, reply.fields["udp_port"], reply.fields["seal"]), (200, udp, "chacha20-poly1305"))
+        header = wire.encode_datagram(b"r", reply.complete)
+        channel = Channel(bytes.fromhex(reply.fields["key"]), header, server_end=False)
+        tunnel = await open_tunnel(reactor, "127.0.0.1", tcp, "r", reply.complete, tls)
+        self.addCleanup(tunnel.close)
+        got: list[bytes] = []
+        tunnel.deliver = got.append
+        tunnel.send(header + channel.seal(wire.HELLO))
+        await wait_until(lambda: got, what="the welcome through the TLS tunnel")
+        plain, why = channel.open(got[0])
+        assert plain is not None, why
+        self.assertEqual(wire.decode_notice(wire.decode_relayed(plain)[1])["event"], "welcome")
+        tunnel.send(header + wire.WHO)  # unsealed: dropped, never answered
+        await sleep(0.3)
+        self.assertEqual(len(got), 1)
+        tunnel.close()
+        await tunnel.closed

@@ -33,7 +33,7 @@ import txredisapi
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,23 +62,38 @@ FLUSH_DELAY = 0.001
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where Redis is, from a C{redis://[:password@]host[:port][/db]} URL."""
+    """
+    Where Redis is, from a C{redis://[:password@]host[:port][/db]} URL
+    (C{rediss://}: over TLS, the certificate checked for C{host} against
+    C{ca}, a PEM file, or the system's trust store).
+    """
 
     host: str
     port: int
     db: int
     password: str | None
+    tls: bool = False
+    ca: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> RedisAddress:
-        """Parse C{url}; raise ValueError for anything but a redis:// URL."""
+    def parse(cls, url: str, ca: str | None = None) -> RedisAddress:
+        """Parse C{url}; raise ValueError for anything but a redis:// or rediss:// URL."""
         parts = urlparse(url)
-        if parts.scheme != "redis" or not parts.hostname:
-            raise ValueError(f"{url!r} is not a redis://host[:port][/db] URL")
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"{url!r} is not a redis://host[:port][/db] (or rediss://) URL")
         path = parts.path.strip("/")
         db = int(path) if path else 0
         password = unquote(parts.password) if parts.password else None
-        return cls(parts.hostname, parts.port or 6379, db, password)
+        return cls(parts.hostname, parts.port or 6379, db, password, parts.scheme == "rediss", ca)
+
+    def endpoint(self, reactor: Any) -> Any:
+        """A client endpoint to Redis (through TLS for C{rediss://})."""
+        endpoint: Any = TCP4ClientEndpoint(reactor, self.host, self.port, timeout=REPLY_TIMEOUT)
+        if self.tls:
+            from ocm.tls import client_options
+
+            endpoint = wrapClientTLS(client_options(self.host, self.ca), endpoint)
+        return endpoint
 
 
 def encode_password(password: PasswordHash | None) -> str:
@@ -197,8 +212,7 @@ class Publisher(protocol.Factory):
         self.password = address.password
         self.on_connect = on_connect
         self.current: PublisherProtocol | None = None
-        endpoint = TCP4ClientEndpoint(clock, address.host, address.port, timeout=REPLY_TIMEOUT)
-        self.service = ClientService(endpoint, self, retryPolicy=backoffPolicy(0.5, 10.0), clock=clock)
+        self.service = ClientService(address.endpoint(clock), self, retryPolicy=backoffPolicy(0.5, 10.0), clock=clock)
         self._reported: str | None = None
 
     def buildProtocol(self, addr: Any) -> PublisherProtocol:
@@ -317,7 +331,7 @@ class RedisCluster(Peers):
         assert self.node, "the node needs a name"
         self.outbox = Outbox(self.node, self.clock, self._publish)
         address = self.address
-        endpoint = TCP4ClientEndpoint(self.clock, address.host, address.port, timeout=REPLY_TIMEOUT)
+        endpoint = address.endpoint(self.clock)
         factory = CommandFactory(
             f"{address.host}:{address.port}", address.db, 1, isLazy=True, password=address.password, replyTimeout=REPLY_TIMEOUT
         )
@@ -332,7 +346,7 @@ class RedisCluster(Peers):
         subscriber.convertNumbers = False
         subscriber.password = address.password
         subscriber.cluster = self
-        subscriber.startConnecting(TCP4ClientEndpoint(self.clock, address.host, address.port, timeout=REPLY_TIMEOUT))
+        subscriber.startConnecting(address.endpoint(self.clock))
         self._subscriber_factory = subscriber
         self.publisher = Publisher(address, self.clock, self._want_rebuild)
         self.publisher.service.startService()
@@ -351,7 +365,7 @@ class RedisCluster(Peers):
         if self.outbox is not None:
             self.outbox.flush()
         if self._pending:
-            await self._bounded(defer.DeferredList(list(self._pending)))
+            await self._bounded(defer.DeferredList(list(self._pending), consumeErrors=True))
         if self.outbox is not None:
             self.outbox.flush()  # what those scripts' answers added (a close's other nodes)
         if self.ready:
@@ -363,7 +377,14 @@ class RedisCluster(Peers):
         for factory in (self._command_factory, self._subscriber_factory):
             if factory is not None:
                 stops.append(factory.disconnect())
-        await self._bounded(defer.DeferredList(stops))
+        await self._bounded(defer.DeferredList(stops, consumeErrors=True), 1.0)
+        # A TLS connection waits for the peer's close_notify: do not wait longer.
+        for factory in (self._command_factory, self._subscriber_factory):
+            for conn in list(getattr(factory, "pool", ())):
+                if conn.transport is not None:
+                    conn.transport.abortConnection()
+        if self.publisher is not None and self.publisher.current is not None:
+            self.publisher.current.transport.abortConnection()  # type: ignore[union-attr]
 
     async def _bounded(self, d: Any, seconds: float = REPLY_TIMEOUT) -> Any:
         d = _as_deferred(d)

@@ -78,6 +78,7 @@ class Options(usage.Options):
         ["max-connections-per-ip", None, 100, "Open TCRP connections one IP may hold (429 beyond).", positive_int],
         ["redis", None, None, "Share the rooms with other nodes through this Redis (redis://host[:port][/db]; off unless given)."],
         ["node", None, "", "This node's name in the cluster, unique (default: host name and ports)."],
+        ["redis-ca", None, None, "With a rediss:// URL: trust Redis's certificate if this PEM CA signed it (default: the system's store)."],
         ["tls-cert", None, None, "Secure mode: PEM certificate (then any chain) for TLS on the TCRP port; chat datagrams are sealed."],
         ["tls-key", None, None, "Secure mode: the PEM private key of --tls-cert."],
         ["max-history", None, 0, "Recent history: the most messages a room may keep for newcomers (its create's 'history'; 0: off).", int],
@@ -95,11 +96,13 @@ class Options(usage.Options):
             from ocm.cluster import RedisAddress
 
             try:
-                self["redis-address"] = RedisAddress.parse(self["redis"])
+                self["redis-address"] = RedisAddress.parse(self["redis"], self["redis-ca"])
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
-        elif self["node"]:
-            raise usage.UsageError("--node names a cluster node: give --redis too")
+            if self["redis-ca"] and not self["redis-address"].tls:
+                raise usage.UsageError("--redis-ca goes with a rediss:// URL")
+        elif self["node"] or self["redis-ca"]:
+            raise usage.UsageError("--node and --redis-ca are for a cluster node: give --redis too")
         if len(self["node"].encode("utf-8")) > 200:
             raise usage.UsageError("--node: at most 200 bytes")
         if not 0 <= self["max-history"] <= 1000:

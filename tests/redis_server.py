@@ -34,22 +34,29 @@ def require_redis() -> str:
 class RedisServer:
     """One redis-server process on 127.0.0.1, no persistence."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, tls: dict[str, str] | None = None) -> None:
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
         self.port = free_port(socket.SOCK_STREAM)
+        #: Certificate files (L{tests.certs}): then TLS only, and a plain port for the test's own inspection.
+        self.tls = tls
+        self.plain_port = free_port(socket.SOCK_STREAM) if tls else self.port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         """The --redis URL of this server."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         """Start it; return once it answers PING (bounded)."""
         binary = require_redis()
+        argv = [binary, "--port", str(self.plain_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.directory]
+        if self.tls:
+            argv += ["--tls-port", str(self.port), "--tls-cert-file", self.tls["server.pem"], "--tls-key-file", self.tls["server.key"],
+                     "--tls-ca-cert-file", self.tls["ca.pem"], "--tls-auth-clients", "no"]
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.directory],
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -64,7 +71,7 @@ class RedisServer:
     def ping(self) -> bool:
         """Whether it answers PING now."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            with socket.create_connection(("127.0.0.1", self.plain_port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
         except OSError:
@@ -73,7 +80,7 @@ class RedisServer:
     def command(self, *args: str) -> bytes:
         """One command, its raw reply (for the tests' own inspection)."""
         payload = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+        with socket.create_connection(("127.0.0.1", self.plain_port), timeout=2) as s:
             s.sendall(payload)
             time.sleep(0.05)
             return s.recv(65536)

@@ -56,10 +56,18 @@ class ClusterCase(unittest.TestCase):
 
     timeout = 60
     node_args: list[str] = []
+    #: Redis over TLS only (rediss://), with a certificate made here.
+    redis_tls = False
 
     async def setUp(self) -> None:
         require_redis()
-        self.redis = RedisServer(os.path.abspath(self.mktemp()))
+        tls = None
+        if self.redis_tls:
+            from tests.certs import write_server_files
+
+            tls = write_server_files(os.path.abspath(self.mktemp()))
+            self.node_args = [*self.node_args, "--redis-ca", tls["ca.pem"]]
+        self.redis = RedisServer(os.path.abspath(self.mktemp()), tls)
         self.redis.start()
         self.addCleanup(self.redis.stop)
         self.nodes = {name: Node(self, name, self.redis.url, *self.node_args) for name in "abc"}
@@ -344,3 +352,17 @@ class ClusterEdges(ClusterCase):
         _, frames = await self.request("c", 3, "")
         self.assertEqual(wire.decode_json(frames[1].payload), [{"name": "on-a", "members": 1, "capacity": None, "protected": False}])
         self.assertEqual(self.redis.command("SMEMBERS", "ocm:nodes").count(b"$1\r\nb\r\n"), 0)
+
+
+class ClusterOverTLS(ClusterCase):
+    """rediss://: the nodes reach Redis through TLS (its certificate checked with --redis-ca)."""
+
+    redis_tls = True
+
+    async def test_chat_and_registry_over_tls(self) -> None:
+        self.assertTrue(self.redis.url.startswith("rediss://"))
+        members = await self.room("r", "abc", password="pw")
+        members[1].send("TLS の向こう".encode())
+        await wait_until(lambda: all(("guest1", "TLS の向こう") in m.chats() for m in (members[0], members[2])), 5, "chat across nodes")
+        _, frames = await self.request("c", 3, "")
+        self.assertEqual(wire.decode_json(frames[1].payload), [{"name": "r", "members": 3, "capacity": None, "protected": True}])

@@ -91,7 +91,16 @@ class ClusterOptions(unittest.TestCase):
         options = Options()
         options.parseOptions(["--redis", "redis://127.0.0.1:7000/1", "--node", "n1"])
         self.assertEqual(options["redis-address"], RedisAddress("127.0.0.1", 7000, 1, None))
-        for argv in (["--node", "n1"], ["--redis", "http://x"], ["--redis", "redis://h", "--node", "x" * 201]):
+        options = Options()
+        options.parseOptions(["--redis", "rediss://h:7001", "--redis-ca", "ca.pem"])
+        self.assertEqual(options["redis-address"], RedisAddress("h", 7001, 0, None, True, "ca.pem"))
+        for argv in (
+            ["--node", "n1"],
+            ["--redis", "http://x"],
+            ["--redis", "redis://h", "--node", "x" * 201],
+            ["--redis", "redis://h", "--redis-ca", "ca.pem"],
+            ["--redis-ca", "ca.pem"],
+        ):
             self.assertRaises(usage.UsageError, Options().parseOptions, argv)
 
     def test_no_redis_no_cluster(self) -> None:

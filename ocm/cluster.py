@@ -591,9 +591,7 @@ class RedisCluster(Peers):
                 self._script(scripts.LEAVE, info.name, info.id, username, self.node)
                 self.rooms.drop_if_empty(room)
                 raise
-            record = cw.record(cw.MEMBER, room.name_bytes, member.name_bytes)
-            for node in room.peer_nodes:
-                self.outbox.add(node, record)  # type: ignore[union-attr]
+            self._tell(room, cw.record(cw.MEMBER, room.name_bytes, member.name_bytes))
             return member
 
         return self._counted(self._eval(scripts.JOIN, info.name, info.id, username, self.node)).addCallbacks(joined, self._registry_failed)
@@ -649,16 +647,14 @@ class RedisCluster(Peers):
 
     def chat(self, room: Room, out: bytes) -> None:
         """A local member's chat: one record in each sharing node's batch."""
-        peer_nodes = room.peer_nodes
-        if peer_nodes:
-            record = cw.record(cw.CHAT, room.name_bytes, out)
-            add = self.outbox.add  # type: ignore[union-attr]
-            for node in peer_nodes:
-                add(node, record)
+        if room.peer_nodes:
+            self._tell(room, cw.record(cw.CHAT, room.name_bytes, out))
 
     def _tell(self, room: Room, record: bytes) -> None:
+        """Queue C{record} for every other node with members in C{room}."""
+        add = self.outbox.add  # type: ignore[union-attr]
         for node in room.peer_nodes:
-            self.outbox.add(node, record)  # type: ignore[union-attr]
+            add(node, record)
 
     def bound(self, member: Member) -> None:
         """See L{Peers.bound}."""

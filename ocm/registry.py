@@ -2,7 +2,7 @@
 The room registry: what the TCRP server asks of the rooms, as Deferreds.
 
 Two implementations: L{LocalRegistry} (one node, the in-memory L{Rooms}
-answering at once) and L{ocm.cluster.RedisRegistry} (several nodes sharing
+answering at once) and L{ocm.cluster.RedisCluster} (several nodes sharing
 the rooms through Redis).  The TCRP protocol sees only this interface, so
 it does not know whether the rooms are local or shared.
 """

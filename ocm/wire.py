@@ -19,7 +19,7 @@ OP_CREATE = 1
 OP_JOIN = 2
 OP_LIST = 3
 OPERATIONS = (OP_CREATE, OP_JOIN, OP_LIST)
-#: Extension (docs/tunnel.rst): chat through this TCP connection; only on a
+#: Extension (docs/reach.rst): chat through this TCP connection; only on a
 #: server started with --tunnel (a plain server answers 400, as the SPEC says).
 OP_TUNNEL = 4
 #: Each datagram in a tunnel: its length (4 bytes, big-endian), then the datagram.

@@ -1,5 +1,5 @@
 """
-The client's end of a TCP tunnel (docs/tunnel.rst): where UDP is blocked,
+The client's end of a TCP tunnel (docs/reach.rst): where UDP is blocked,
 the chat datagrams travel in the TCRP connection, each as a 4-byte length
 and the datagram.
 """

@@ -15,9 +15,13 @@ import argparse
 import gc
 import tracemalloc
 
-from ocm.fanout import pack_address
+from ocm.relay.routes import UdpRoute
 from ocm.passwords import hash_password
 from ocm.rooms import Rooms
+
+
+def sendto(data: bytes, addr: tuple[str, int]) -> None:
+    """Stands for the relay's socket (nothing is sent here)."""
 
 
 def main() -> None:
@@ -39,8 +43,7 @@ def main() -> None:
         members = [host] + [rooms.join(host.room, f"member-{i:03d}", "127.0.0.1", 0.0) for i in range(1, args.per_room)]
         for member in members:
             port = port + 1 if port < 65535 else 1024
-            member.sockaddr = pack_address(("127.0.0.1", port))
-            rooms.bind(member, ("127.0.0.1", port), 0.0)
+            rooms.bind(member, UdpRoute(sendto, ("127.0.0.1", port)), 0.0)
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()

@@ -12,25 +12,28 @@ takes the same options as C{twistd ocm}; stop it with Ctrl-C.
 
 from __future__ import annotations
 
-import functools
 import sys
 
 from twisted.internet import reactor, udp
 
-from ocm import fanout, relay, udpport
+from ocm.relay import fanout, port as udpport, protocol as relay
 from ocm.tap import Options, makeService
 
 
-def naive_start(self: relay.RelayProtocol) -> None:
+fast_start = relay.Relay.startProtocol
+
+
+def naive_start(self: relay.Relay) -> None:
     """Send through C{transport.write}, one recipient at a time (ocm's Python loop over it)."""
+    fast_start(self)
     self._sendto = self.transport.write  # type: ignore[union-attr]
-    self._fan = functools.partial(fanout.python_fan_out, self._sendto)
+    self._fan = fanout.python_fan_out
 
 
 def main() -> None:
     """Patch the two fast paths out, then serve as C{twistd ocm} would."""
     udpport.FastPort.doRead = udp.Port.doRead  # type: ignore[method-assign]
-    relay.RelayProtocol.startProtocol = naive_start  # type: ignore[method-assign]
+    relay.Relay.startProtocol = naive_start  # type: ignore[method-assign]
     options = Options()
     options.parseOptions(sys.argv[1:])
     service = makeService(options)

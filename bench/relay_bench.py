@@ -14,14 +14,14 @@ fallback where the C loop was not built) instead of the C loop.
 from __future__ import annotations
 
 import argparse
-import functools
 import socket
 import time
 
 from twisted.internet import reactor
 
-from ocm import fanout, wire
-from ocm.relay import LISTEN_SIZE, RelayProtocol
+from ocm import wire
+from ocm.relay import fanout
+from ocm.relay.protocol import LISTEN_SIZE, Relay, SecureRelay
 from ocm.rooms import Rooms
 from ocm.sealing import Channel
 
@@ -38,11 +38,11 @@ def main() -> None:
     args = parser.parse_args()
 
     rooms = Rooms(timeout=3600, max_members=10**6, rate=1e9, burst=1e9, secure=args.secure)
-    relay = RelayProtocol(rooms, reactor)
+    relay = (SecureRelay if args.secure else Relay)(rooms, reactor)
     port = reactor.listenUDP(0, relay, interface="127.0.0.1", maxPacketSize=LISTEN_SIZE)  # type: ignore[attr-defined]
     if args.loop == "python" or not fanout.NATIVE:
-        relay._fan = functools.partial(fanout.python_fan_out, relay._sendto)
-    loop = "C" if relay._fan is not None and not isinstance(relay._fan, functools.partial) else "Python"
+        relay._fan = fanout.python_fan_out
+    loop = "Python" if relay._fan is fanout.python_fan_out else "C"
     if args.secure:
         loop = "secure (Python, sealed per recipient)"
     sinks = []

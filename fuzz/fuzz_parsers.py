@@ -23,14 +23,15 @@ with atheris.instrument_imports():
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
 
-    from ocm import clusterwire, wire
+    from ocm import wire
+    from ocm.cluster import wire as clusterwire
     from ocm.client.session import ChatSession, Ending
     from ocm.sealing import Channel, new_key
-    from ocm.lobby import LobbyProtocol
-    from ocm.relay import RelayProtocol
+    from ocm.relay.lobby import LobbyProtocol
+    from ocm.relay.protocol import Relay, SecureRelay
     from ocm.rooms import Rooms
     from ocm.stats import Stats
-    from ocm.tcrp import TCRPFactory
+    from ocm.tcrp.protocol import TCRPFactory
 
 
 class Sink:
@@ -64,7 +65,7 @@ def tcrp(data: bytes) -> None:
 
 def relay(data: bytes) -> None:
     rooms = Rooms()
-    proto = RelayProtocol(rooms, Clock())
+    proto = Relay(rooms, Clock())
     sink = Sink()
     proto.makeConnection(sink)  # type: ignore[arg-type]
     host = rooms.create("room", "host", "127.0.0.1", 0)
@@ -122,7 +123,7 @@ def tunnel_and_seal(data: bytes) -> None:
 
 def sealed_relay(data: bytes) -> None:
     rooms = Rooms(secure=True)
-    proto = RelayProtocol(rooms, Clock())
+    proto = SecureRelay(rooms, Clock())
     sink = Sink()
     proto.makeConnection(sink)  # type: ignore[arg-type]
     host = rooms.create("room", "host", "127.0.0.1", 0)

@@ -12,7 +12,7 @@ thread (its C{MetricsResource} is a WSGI-in-a-thread shim).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,13 +25,26 @@ from ocm.stats import Stats
 OPERATIONS = {0: "connect", 1: "create", 2: "join", 3: "list", 4: "tunnel"}
 
 
+class ClusterGauges(Protocol):
+    """What the metrics read of a cluster node (L{ocm.cluster.links.RedisLinks})."""
+
+    @property
+    def outbox(self) -> Any:
+        """The batches to other nodes (L{ocm.cluster.links.Outbox}), counted."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether the node takes room requests."""
+
+
 class OcmCollector:
     """Reads the server's counters at scrape time."""
 
-    def __init__(self, stats: Stats, rooms: Rooms, lobby: Any = None) -> None:
+    def __init__(self, stats: Stats, rooms: Rooms, lobby: Any = None, cluster: ClusterGauges | None = None) -> None:
         self.stats = stats
         self.rooms = rooms
         self.lobby = lobby
+        self.cluster = cluster
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, from the current counts."""
@@ -59,16 +72,16 @@ class OcmCollector:
         yield GaugeMetricFamily("ocm_rooms", "Open rooms.", value=rooms)
         yield GaugeMetricFamily("ocm_members", "Members (issued tokens), bound or not.", value=members)
         yield GaugeMetricFamily("ocm_members_bound", "Members whose token is bound to a UDP address.", value=bound)
-        peers: Any = self.rooms.peers
-        if peers.shared:  # a cluster node (ocm.cluster)
-            outbox = peers.outbox
+        cluster = self.cluster
+        if cluster is not None:  # a cluster node (ocm.cluster)
+            outbox = cluster.outbox
             batches = CounterMetricFamily(
                 "ocm_cluster_batches", "Batches to other nodes: written, or dropped (Redis unreachable or behind).", labels=["outcome"]
             )
             batches.add_metric(["sent"], outbox.sent if outbox is not None else 0)
             batches.add_metric(["dropped"], outbox.dropped if outbox is not None else 0)
             yield batches
-            yield GaugeMetricFamily("ocm_cluster_ready", "1 while Redis is reachable and this node takes room requests.", value=1 if peers.ready else 0)
+            yield GaugeMetricFamily("ocm_cluster_ready", "1 while Redis is reachable and this node takes room requests.", value=1 if cluster.ready else 0)
         if self.lobby is not None:
             yield CounterMetricFamily("ocm_lobby_datagrams_received", "Datagrams received on the lobby port.", value=s.lobby_received)
             yield CounterMetricFamily("ocm_lobby_datagrams_relayed", "Datagrams written to lobby clients.", value=s.lobby_relayed)
@@ -90,12 +103,12 @@ class MetricsResource(Resource):
         return generate_latest(self.registry)  # type: ignore[no-any-return]
 
 
-def metrics_site(stats: Stats, rooms: Rooms, lobby: Any = None) -> Any:
+def metrics_site(stats: Stats, rooms: Rooms, lobby: Any = None, cluster: ClusterGauges | None = None) -> Any:
     """A C{twisted.web} site serving C{/metrics} (and nothing else)."""
     from twisted.web.server import Site
 
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(OcmCollector(stats, rooms, lobby))  # type: ignore[arg-type]
+    registry.register(OcmCollector(stats, rooms, lobby, cluster))  # type: ignore[arg-type]
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry))
     site = Site(root)

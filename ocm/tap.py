@@ -11,12 +11,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ocm.lobby import LobbyProtocol
-from ocm.relay import LISTEN_SIZE, RelayProtocol
+from ocm.relay.lobby import LobbyProtocol
+from ocm.relay.port import FastUDPServer
+from ocm.relay.protocol import LISTEN_SIZE, Relay, SecureRelay
 from ocm.rooms import Rooms
 from ocm.stats import Stats
-from ocm.tcrp import TCRPFactory
-from ocm.udpport import FastUDPServer
+from ocm.tcrp.protocol import TCRPFactory
 
 log = Logger()
 
@@ -93,7 +93,7 @@ class Options(usage.Options):
         if self["lobby"] is not None and self["lobby"] == self["udp"] != 0:
             raise usage.UsageError("--lobby and --udp must be different ports")
         if self["redis"] is not None:
-            from ocm.cluster import RedisAddress
+            from ocm.cluster.address import RedisAddress
 
             try:
                 self["redis-address"] = RedisAddress.parse(self["redis"], self["redis-ca"])
@@ -122,7 +122,7 @@ class Options(usage.Options):
 class ShutdownNotices(service.Service):
     """Sends C{closed}/C{shutdown} to every bound member when the server stops."""
 
-    def __init__(self, relay: RelayProtocol) -> None:
+    def __init__(self, relay: Relay) -> None:
         self.relay = relay
 
     def stopService(self) -> None:
@@ -165,6 +165,13 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         reactor = default_reactor  # type: ignore[assignment]
     assert reactor is not None
     stats = Stats()
+    secure = config.get("tls") is not None
+    first = None
+    if config["redis"] is not None:
+        from ocm.cluster.service import ClusterLinks
+
+        # the half of a cluster node the rooms tell their changes to
+        first = ClusterLinks(config["redis-address"], reactor, config["node"], heartbeat_ttl=config["timeout"])
     rooms = Rooms(
         timeout=config["timeout"],
         max_rooms=config["max-rooms"],
@@ -172,17 +179,19 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         rate=config["rate"],
         burst=config["burst"],
         stats=stats,
-        secure=config.get("tls") is not None,
+        secure=secure,
+        peers=first.outbound if first is not None else None,
     )
-    relay = RelayProtocol(rooms, reactor)
-    registry = None
+    # Secure mode is its own relay: every datagram opened and sealed.
+    relay = (SecureRelay if secure else Relay)(rooms, reactor)
     cluster = None
-    if config["redis"] is not None:
-        from ocm.cluster import RedisCluster
+    if first is not None:
+        from ocm.cluster.service import ClusterService
 
-        cluster = RedisCluster(rooms, config["redis-address"], reactor, node=config["node"])
-        cluster.relay = relay
-        registry = cluster
+        def ports() -> tuple[int, int]:
+            return tcp._port.getHost().port, udp_port()  # type: ignore[attr-defined]
+
+        cluster = ClusterService(first, rooms, relay, ports)
     top = service.MultiService()
     top.rooms = rooms  # type: ignore[attr-defined]
     top.relay = relay  # type: ignore[attr-defined]
@@ -204,8 +213,8 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         request_burst=config["request-burst"],
         password_tries=config["password-tries"],
         max_connections_per_ip=config["max-connections-per-ip"],
-        registry=registry,
-        relay=relay if config["tunnel"] else None,
+        registry=cluster.registry if cluster is not None else None,
+        tunnels=relay if config["tunnel"] else None,
         max_history=config["max-history"],
     )
     top.tcrp = factory  # type: ignore[attr-defined]
@@ -233,7 +242,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
     if config["metrics"] is not None:
         from ocm.metrics import metrics_site
 
-        metrics = internet.TCPServer(config["metrics"], metrics_site(stats, rooms, lobby), interface=config["metrics-interface"])
+        metrics = internet.TCPServer(config["metrics"], metrics_site(stats, rooms, lobby, cluster), interface=config["metrics-interface"])
         metrics.setName("metrics")
         metrics.setServiceParent(top)
 
@@ -247,15 +256,9 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
     timer.setServiceParent(top)
 
     if cluster is not None:
-        from ocm.cluster import ClusterService
-
-        def ports() -> tuple[int, int]:
-            return tcp._port.getHost().port, udp_port()  # type: ignore[attr-defined]
-
         # Stops after the shutdown notices, so that they leave in its last batches.
-        clustered = ClusterService(cluster, ports)
-        clustered.setName("cluster")
-        clustered.setServiceParent(top)
+        cluster.setName("cluster")
+        cluster.setServiceParent(top)
         top.cluster = cluster  # type: ignore[attr-defined]
 
     ShutdownNotices(relay).setServiceParent(top)

@@ -222,3 +222,17 @@ def spawn_twistd(case: Any, *args: str) -> TwistdProcess:
 
     case.addCleanup(kill)
     return proc
+
+
+class FakeRoute:
+    """A member's route that records what is written to it (pure rooms tests)."""
+
+    sockaddr = None
+
+    def __init__(self, peer: Address) -> None:
+        self.peer = peer
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        """Record one datagram."""
+        self.sent.append(data)

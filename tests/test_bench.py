@@ -15,7 +15,7 @@ from unittest import skipIf
 
 from twisted.trial import unittest
 
-from ocm import fanout
+from ocm.relay import fanout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

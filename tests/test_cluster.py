@@ -121,7 +121,7 @@ class ClusterChat(ClusterCase):
             self.assertEqual(wire.decode_json(frames[1].payload), [{"name": "部屋", "members": 3, "capacity": 5, "protected": True}])
         from ocm.metrics import OcmCollector
 
-        families = {m.name: m for m in OcmCollector(self.nodes["a"].rooms.stats, self.nodes["a"].rooms).collect()}
+        families = {m.name: m for m in OcmCollector(self.nodes["a"].rooms.stats, self.nodes["a"].rooms, cluster=self.nodes["a"].cluster).collect()}
         self.assertEqual(families["ocm_cluster_ready"].samples[0].value, 1)
         self.assertIn("ocm_cluster_batches", families)
         dump = self.redis.command("HGETALL", "ocm:{" + "部屋".encode().hex() + "}:room")

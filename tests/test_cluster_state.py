@@ -11,10 +11,11 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from ocm import clusterwire as cw
+from ocm.cluster import wire as cw
 from ocm import wire
-from ocm.cluster import FLUSH_DELAY, Outbox
+from ocm.cluster.links import FLUSH_DELAY, Outbox
 from ocm.rooms import Peers, Rooms
+from tests.helpers import FakeRoute
 
 A = ("127.0.0.1", 5001)
 B = ("127.0.0.1", 5002)
@@ -45,29 +46,28 @@ class Recording(Peers):
 
 
 def notices(sends: list[tuple[bytes, Any]]) -> list[tuple[dict[str, Any], Any]]:
-    return [(wire.decode_notice(wire.decode_relayed(d)[1]), a) for d, a in sends]
+    return [(wire.decode_notice(wire.decode_relayed(d)[1]), m.addr) for d, m in sends]
 
 
 class Replicas(unittest.TestCase):
     """A room hosted on another node, as this node holds it."""
 
     def setUp(self) -> None:
-        self.rooms = Rooms()
         self.peers = Recording()
-        self.rooms.peers = self.peers
+        self.rooms = Rooms(peers=self.peers)
         self.room = self.rooms.adopt("r", "id1", "host", None, None)
         self.rooms.remote_member(self.room, "host", "n1")
         self.rooms.remote_bound(self.room, "host", "n1")
         self.me = self.rooms.add_member(self.room, "me", "127.0.0.1", 0)
 
     def test_welcome_lists_remote_members_and_host(self) -> None:
-        sends = self.rooms.bind(self.me, A, 0)
+        sends = self.rooms.bind(self.me, FakeRoute(A), 0)
         welcome = notices(sends)[-1][0]
         self.assertEqual(welcome, {"event": "welcome", "room": "r", "user": "me", "host": "host", "members": ["host", "me"]})
         self.assertEqual(self.peers.told, [("bound", "me")])
 
     def test_remote_join_and_leave_notices_once(self) -> None:
-        self.rooms.bind(self.me, A, 0)
+        self.rooms.bind(self.me, FakeRoute(A), 0)
         self.assertTrue(self.rooms.remote_member(self.room, "bob", "n2"))
         self.assertFalse(self.rooms.remote_member(self.room, "bob", "n2"))
         self.assertEqual(self.room.peer_nodes, {"n1": 1, "n2": 1})
@@ -81,13 +81,13 @@ class Replicas(unittest.TestCase):
         self.assertEqual(self.rooms.remote_left(self.room, "quiet", "left"), [])
 
     def test_last_local_member_drops_the_replica(self) -> None:
-        self.rooms.bind(self.me, A, 0)
+        self.rooms.bind(self.me, FakeRoute(A), 0)
         self.rooms.remove(self.me, "left")
         self.assertNotIn("r", self.rooms.rooms)
         self.assertEqual(self.peers.told[-2:], [("left", "me", "left"), ("emptied", "r")])
 
     def test_remote_close_does_not_echo(self) -> None:
-        self.rooms.bind(self.me, A, 0)
+        self.rooms.bind(self.me, FakeRoute(A), 0)
         self.peers.told.clear()
         sends = self.rooms.remote_closed(self.room, "host_left")
         self.assertEqual(notices(sends), [({"event": "closed", "reason": "host_left"}, A)])
@@ -95,7 +95,7 @@ class Replicas(unittest.TestCase):
         self.assertNotIn(self.me.token, self.rooms.tokens)
 
     def test_a_new_room_of_the_same_name_replaces_the_old(self) -> None:
-        self.rooms.bind(self.me, A, 0)
+        self.rooms.bind(self.me, FakeRoute(A), 0)
         newer = self.rooms.adopt("r", "id2", "other", None, 3)
         self.assertIsNot(newer, self.room)
         self.assertFalse(self.room.open)
@@ -106,13 +106,12 @@ class HostedRooms(unittest.TestCase):
     """A room hosted here tells the peers when it closes, with its local members."""
 
     def test_host_leaving(self) -> None:
-        rooms = Rooms()
         peers = Recording()
-        rooms.peers = peers
+        rooms = Rooms(peers=peers)
         host = rooms.create("r", "host", "127.0.0.1", 0)
         guest = rooms.join(host.room, "guest", "127.0.0.1", 0)
-        rooms.bind(host, A, 0)
-        rooms.bind(guest, B, 0)
+        rooms.bind(host, FakeRoute(A), 0)
+        rooms.bind(guest, FakeRoute(B), 0)
         rooms.remove(host, "left")
         self.assertEqual(peers.told[-1], ("closed", "r", "host_left", ["guest"]))
 

@@ -6,9 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from ocm import clusterwire as cw
-from ocm.cluster import RedisAddress, decode_password, encode_password, pairs
-from ocm.clusterscripts import room_key
+from ocm.cluster import wire as cw
+from ocm.cluster.address import RedisAddress
+from ocm.cluster.registry import decode_password, encode_password, pairs
+from ocm.cluster.scripts import room_key
 from ocm.passwords import PasswordHash
 
 names = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=60).filter(lambda s: len(s.encode()) <= 255)
@@ -105,7 +106,7 @@ class ClusterOptions(unittest.TestCase):
 
     def test_no_redis_no_cluster(self) -> None:
         """Without --redis the service is the single node of before: no cluster, local rooms."""
-        from ocm.registry import LocalRegistry
+        from ocm.tcrp.registry import LocalRegistry
         from ocm.rooms import Peers
         from ocm.tap import Options, makeService
 

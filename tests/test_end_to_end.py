@@ -6,13 +6,14 @@ every wait bounded.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from ocm import fanout, wire
+from ocm import wire
+from ocm.relay import fanout
+from ocm.relay.routes import UdpRoute
 from ocm.tap import Options, makeService
 from tests.helpers import UDPPeer, listen_udp, sleep, status_of, tcrp, tcrp_raw, wait_until
 
@@ -336,8 +337,9 @@ class RelayEndToEnd(ServerCase):
                 raise OSError(1, "injected")
             return real(data, addr)
 
-        relay._sendto = flaky
-        relay._fan = functools.partial(fanout.python_fan_out, flaky)  # the Python loop
+        for member in self.rooms.tokens.values():
+            member.route = UdpRoute(flaky, member.addr)
+        relay._fan = fanout.python_fan_out  # the Python loop
         host.send(b"one")
         await wait_until(lambda: carol.peer.chats() == [("host", "one")])
         self.assertEqual(self.stats.send_errors, 1)

@@ -7,14 +7,14 @@ sockets on 127.0.0.1 and ::1.
 from __future__ import annotations
 
 import errno
-import functools
 import socket
 import struct
 from typing import Any
 
 from twisted.trial import unittest
 
-from ocm import fanout
+from ocm.relay import fanout
+from ocm.relay.routes import UdpRoute
 from ocm.rooms import Rooms
 from tests.helpers import FakeDatagramTransport
 
@@ -80,8 +80,7 @@ class FanOutTests(unittest.TestCase):
             addr = sink.getsockname()[:2]
             member = rooms.create("r", "m0", host, 0) if room is None else rooms.join(room, f"m{i}", host, 0)
             room = member.room
-            member.sockaddr = fanout.pack_address(addr)
-            rooms.bind(member, addr, 0)
+            rooms.bind(member, UdpRoute(sender.sendto, addr), 0)
             members.append(member)
             sinks.append(sink)
         return sender, members, sinks
@@ -100,21 +99,21 @@ class FanOutTests(unittest.TestCase):
     def test_python_loop(self) -> None:
         """The Python loop."""
         sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 4)
-        self.check_loop(fanout.fan_out_of(FakeDatagramTransport(), sender.sendto), sinks, members)
+        self.check_loop(fanout.fan_out_of(FakeDatagramTransport()), sinks, members)
 
     def test_native_loop(self) -> None:
         """The C loop, on IPv4."""
         if NEEDS_C:
             raise unittest.SkipTest(NEEDS_C)
         sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 4)
-        self.check_loop(fanout.native_fan_out(sender.fileno(), sender.sendto), sinks, members)
+        self.check_loop(fanout.native_fan_out(sender.fileno()), sinks, members)
 
     def test_native_loop_ipv6(self) -> None:
         """The C loop, on IPv6."""
         if NEEDS_C or not has_ipv6():
             raise unittest.SkipTest(NEEDS_C or "no IPv6 here")
         sender, members, sinks = self.room(socket.AF_INET6, "::1", 3)
-        self.check_loop(fanout.native_fan_out(sender.fileno(), sender.sendto), sinks, members)
+        self.check_loop(fanout.native_fan_out(sender.fileno()), sinks, members)
 
     def test_native_failures(self) -> None:
         """
@@ -126,7 +125,7 @@ class FanOutTests(unittest.TestCase):
         sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 4)
         members[0].sockaddr = b"\x02\x00"  # too short for a sockaddr_in
         members[2].sockaddr = None
-        sent, failed = fanout.native_fan_out(sender.fileno(), sender.sendto)(b"\x02m1hi", members, members[1])
+        sent, failed = fanout.native_fan_out(sender.fileno())(b"\x02m1hi", members, members[1])
         self.assertEqual(sent, 2)
         assert failed is not None
         self.assertEqual([(m, type(e), e.errno) for m, e in failed], [(members[0], OSError, errno.EINVAL)])
@@ -142,7 +141,9 @@ class FanOutTests(unittest.TestCase):
                 raise OSError(errno.ENOBUFS, "injected")
             sender.sendto(data, addr)
 
-        sent, failed = fanout.python_fan_out(sendto, b"\x02m1hi", members, members[1])
+        for member in members:
+            member.route = UdpRoute(sendto, member.addr)
+        sent, failed = fanout.python_fan_out(b"\x02m1hi", members, members[1])
         self.assertEqual(sent, 1)
         assert failed is not None
         self.assertEqual([(m, e.errno) for m, e in failed], [(members[0], errno.ENOBUFS)])  # type: ignore[attr-defined]
@@ -150,11 +151,11 @@ class FanOutTests(unittest.TestCase):
 
     def test_choice(self) -> None:
         """A fake transport gets the Python loop; a real socket the C one when built."""
-        self.assertIsInstance(fanout.fan_out_of(FakeDatagramTransport(), lambda d, a: None), functools.partial)
+        self.assertIs(fanout.fan_out_of(FakeDatagramTransport()), fanout.python_fan_out)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
 
             class Port:
                 socket = s
 
-            fan = fanout.fan_out_of(Port(), s.sendto)
-            self.assertEqual(isinstance(fan, functools.partial), not fanout.NATIVE)
+            fan = fanout.fan_out_of(Port())
+            self.assertEqual(fan is fanout.python_fan_out, not fanout.NATIVE)

@@ -18,10 +18,10 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from ocm import wire
-from ocm.relay import RelayProtocol
+from ocm.relay.protocol import Relay
 from ocm.rooms import RoomError, Rooms
-from ocm.tcrp import TCRPFactory
-from tests.helpers import FakeDatagramTransport, synchronous
+from ocm.tcrp.protocol import TCRPFactory
+from tests.helpers import FakeDatagramTransport, FakeRoute, synchronous
 
 BOUNDARIES = [0, 1, 255, 4094, 4096, 4097]
 names = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40).filter(lambda s: len(s.encode()) <= 255)
@@ -129,7 +129,7 @@ class ProtocolProperties(unittest.TestCase):
         """Junk never raises, never gets a reply, and the room still relays."""
         clock = Clock()
         rooms = Rooms()
-        relay = RelayProtocol(rooms, clock)
+        relay = Relay(rooms, clock)
         transport = FakeDatagramTransport()
         relay.makeConnection(transport)  # type: ignore[arg-type]
         host = rooms.create("r", "h", "127.0.0.1", 0)
@@ -194,7 +194,7 @@ class RoomsMachine(RuleBasedStateMachine):
     def bind(self, member: object) -> None:
         if member is not None and member.addr is None and member.token in self.rooms.tokens:  # type: ignore[attr-defined]
             self.port += 1
-            self.rooms.bind(member, ("127.0.0.1", self.port), self.now)  # type: ignore[arg-type]
+            self.rooms.bind(member, FakeRoute(("127.0.0.1", self.port)), self.now)  # type: ignore[arg-type]
 
     @rule(member=members)
     def touch(self, member: object) -> None:

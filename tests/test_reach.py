@@ -106,7 +106,7 @@ class TunnelServer(ServerCase):
         self.addCleanup(t.sock.close)
         t.send(wire.HELLO)
         await wait_until(lambda: host.peer.notices("join"), 5, "join")
-        tunnel = next(iter(self.service.relay.tunnels.values()))  # type: ignore[attr-defined]
+        tunnel = self.service.relay.tunnels[0]  # type: ignore[attr-defined]
         transport = tunnel.transport
         biggest = 0
         text = b"y" * 1000
@@ -259,3 +259,42 @@ class TunnelLimits(ServerCase):
         await wait_until(lambda: host.peer.notices("leave"), 5, "t1 left")
         body, _ = await self.request(3, "")
         self.assertEqual(body["status"], 200)
+
+
+class TunnelCycles(ServerCase):
+    """Tunnels opened and closed many times: notices and chat still reach everyone."""
+
+    server_args = ["--tunnel", "--request-rate", "1000000", "--request-burst", "1000000"]
+    timeout = 60
+
+    def open_and_close_tunnel(self, name: str) -> None:
+        """In process: a join, a tunnel for it on a fake TCP connection, the connection closed."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from tests.helpers import request_bytes
+
+        factory = self.service.tcrp  # type: ignore[attr-defined]
+        answers: list[list[bytes]] = []
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        join = wire.decode_frames(request_bytes(2, "r", {"username": name}))[0][0]
+        factory.handle(join, "127.0.0.1").addCallback(answers.append)
+        token = wire.decode_frames(b"".join(answers[0]))[0][1].payload
+        proto = factory.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        proto.makeConnection(transport)
+        proto.dataReceived(wire.encode_frame(4, 0, b"r", wire.encode_json({"token": token.decode()})))
+        self.assertEqual(status_of(wire.decode_frames(transport.value())[0])["status"], 200)
+        proto.connectionLost(None)
+
+    async def test_two_thousand_cycles(self) -> None:
+        """2,000 tunnel open/close cycles, then a join notice and a chat message still arrive."""
+        host, = await self.room("r")
+        for i in range(2000):
+            self.open_and_close_tunnel(f"t{i}")
+        self.assertEqual(self.stats.send_errors, 0)
+        guest = await self.member(2, "r", "guest")
+        await wait_until(lambda: host.peer.notices("join"), 5, "the join notice")
+        self.assertEqual(host.peer.notices("join"), [{"event": "join", "user": "guest"}])
+        host.send(b"still here")
+        await wait_until(lambda: guest.peer.chats() == [("host", "still here")], 5, "the chat message")

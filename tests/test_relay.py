@@ -6,8 +6,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from ocm import wire
-from ocm.lobby import LobbyProtocol
-from ocm.relay import RelayProtocol
+from ocm.relay.lobby import LobbyProtocol
+from ocm.relay.protocol import Relay
 from ocm.rooms import MAX_SEND_FAILURES, Member, Rooms
 from ocm.stats import Stats
 from tests.helpers import EAGAIN, EPERM, FakeDatagramTransport
@@ -25,7 +25,7 @@ class RelayTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(1000)
         self.rooms = Rooms(timeout=30, rate=5, burst=5)
-        self.relay = RelayProtocol(self.rooms, self.clock)
+        self.relay = Relay(self.rooms, self.clock)
         self.transport = FakeDatagramTransport()
         self.relay.makeConnection(self.transport)  # type: ignore[arg-type]
         now = self.clock.seconds()
@@ -296,7 +296,7 @@ class SameIPTests(unittest.TestCase):
 
     def test_same_ip(self) -> None:
         """Equal strings, IPv4-mapped IPv6, and other spellings of the same IPv6."""
-        from ocm.relay import same_ip
+        from ocm.relay.protocol import same_ip
 
         self.assertTrue(same_ip("127.0.0.1", "127.0.0.1"))
         self.assertFalse(same_ip("127.0.0.2", "127.0.0.1"))
@@ -316,7 +316,7 @@ class FastPortTests(unittest.TestCase):
         from twisted.internet import reactor
         from twisted.internet.protocol import DatagramProtocol
 
-        from ocm.udpport import FastPort
+        from ocm.relay.port import FastPort
 
         got: list[bytes] = []
 

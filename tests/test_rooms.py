@@ -10,6 +10,7 @@ from twisted.trial import unittest
 from ocm import wire
 from ocm.passwords import PasswordHash, hash_password, verify_password
 from ocm.rooms import MAX_SEND_FAILURES, RoomError, Rooms, normalise_ip
+from tests.helpers import FakeRoute
 
 A = ("127.0.0.1", 5001)
 B = ("127.0.0.1", 5002)
@@ -17,8 +18,8 @@ C = ("127.0.0.1", 5003)
 
 
 def notices(sends: list[tuple[bytes, Any]]) -> list[tuple[dict[str, Any], Any]]:
-    """Decode (notice, address) pairs."""
-    return [(wire.decode_notice(wire.decode_relayed(data)[1]), addr) for data, addr in sends]
+    """Decode (notice, member) pairs as (notice, the member's address)."""
+    return [(wire.decode_notice(wire.decode_relayed(data)[1]), member.addr) for data, member in sends]
 
 
 class CreateJoinTests(unittest.TestCase):
@@ -160,11 +161,11 @@ class RelayStateTests(unittest.TestCase):
     def test_bind(self) -> None:
         """Binding welcomes the member and tells the others once."""
         self.assertEqual(
-            notices(self.rooms.bind(self.host, A, 1)),
+            notices(self.rooms.bind(self.host, FakeRoute(A), 1)),
             [({"event": "welcome", "room": "r", "user": "alice", "host": "alice", "members": ["alice"]}, A)],
         )
         self.assertEqual(
-            notices(self.rooms.bind(self.bob, B, 2)),
+            notices(self.rooms.bind(self.bob, FakeRoute(B), 2)),
             [
                 ({"event": "join", "user": "bob"}, A),
                 ({"event": "welcome", "room": "r", "user": "bob", "host": "alice", "members": ["alice", "bob"]}, B),
@@ -176,14 +177,14 @@ class RelayStateTests(unittest.TestCase):
 
     def test_who(self) -> None:
         """The member list and the host, to the asker."""
-        self.rooms.bind(self.host, A, 1)
-        self.rooms.bind(self.bob, B, 1)
+        self.rooms.bind(self.host, FakeRoute(A), 1)
+        self.rooms.bind(self.bob, FakeRoute(B), 1)
         self.assertEqual(notices(self.rooms.who(self.bob)), [({"event": "members", "members": ["alice", "bob"], "host": "alice"}, B)])
 
     def test_leave(self) -> None:
         """A member leaving: the others are told; its token is gone."""
-        self.rooms.bind(self.host, A, 1)
-        self.rooms.bind(self.bob, B, 1)
+        self.rooms.bind(self.host, FakeRoute(A), 1)
+        self.rooms.bind(self.bob, FakeRoute(B), 1)
         self.assertEqual(notices(self.rooms.remove(self.bob, "left")), [({"event": "leave", "user": "bob", "reason": "left"}, A)])
         self.assertNotIn(self.bob.token, self.rooms.tokens)
         self.assertEqual(self.rooms.remove(self.bob, "left"), [])
@@ -191,15 +192,15 @@ class RelayStateTests(unittest.TestCase):
 
     def test_unbound_leave(self) -> None:
         """A member that never bound leaves without a notice."""
-        self.rooms.bind(self.host, A, 1)
+        self.rooms.bind(self.host, FakeRoute(A), 1)
         self.assertEqual(self.rooms.remove(self.bob, "timeout"), [])
         self.assertNotIn("bob", self.room.members)
 
     def test_host_leave(self) -> None:
         """The host leaving closes the room: closed/host_left, every token gone, the name free."""
         carol = self.rooms.join(self.room, "carol", "127.0.0.1", 0)
-        self.rooms.bind(self.host, A, 1)
-        self.rooms.bind(self.bob, B, 1)
+        self.rooms.bind(self.host, FakeRoute(A), 1)
+        self.rooms.bind(self.bob, FakeRoute(B), 1)
         self.assertEqual(notices(self.rooms.remove(self.host, "left")), [({"event": "closed", "reason": "host_left"}, B)])
         self.assertEqual(self.rooms.tokens, {})
         self.assertNotIn(carol.token, self.rooms.tokens)
@@ -208,8 +209,8 @@ class RelayStateTests(unittest.TestCase):
 
     def test_timeout(self) -> None:
         """Silent for longer than timeout: disconnected to it, leave to the others."""
-        self.rooms.bind(self.host, A, 0)
-        self.rooms.bind(self.bob, B, 0)
+        self.rooms.bind(self.host, FakeRoute(A), 0)
+        self.rooms.bind(self.bob, FakeRoute(B), 0)
         self.host.last_seen = 20
         self.assertEqual(self.rooms.expire(30), [])
         self.assertEqual(
@@ -220,8 +221,8 @@ class RelayStateTests(unittest.TestCase):
 
     def test_host_timeout(self) -> None:
         """A host timing out: disconnected to it, closed/host_left to the others."""
-        self.rooms.bind(self.host, A, 0)
-        self.rooms.bind(self.bob, B, 0)
+        self.rooms.bind(self.host, FakeRoute(A), 0)
+        self.rooms.bind(self.bob, FakeRoute(B), 0)
         self.bob.last_seen = 31
         self.assertEqual(
             notices(self.rooms.expire(31)),
@@ -231,7 +232,7 @@ class RelayStateTests(unittest.TestCase):
 
     def test_unbound_token_expires(self) -> None:
         """A token never bound expires after timeout seconds."""
-        self.rooms.bind(self.host, A, 0)
+        self.rooms.bind(self.host, FakeRoute(A), 0)
         self.host.last_seen = 100
         self.assertEqual(self.rooms.expire(29), [])
         self.assertEqual(self.rooms.expire(31), [])
@@ -239,8 +240,8 @@ class RelayStateTests(unittest.TestCase):
 
     def test_unreachable(self) -> None:
         """Several failed deliveries in a row remove the member as unreachable."""
-        self.rooms.bind(self.host, A, 0)
-        self.rooms.bind(self.bob, B, 0)
+        self.rooms.bind(self.host, FakeRoute(A), 0)
+        self.rooms.bind(self.bob, FakeRoute(B), 0)
         for _ in range(MAX_SEND_FAILURES - 1):
             self.assertEqual(self.rooms.delivery_failed(self.bob), [])
         self.assertEqual(
@@ -251,10 +252,10 @@ class RelayStateTests(unittest.TestCase):
 
     def test_shutdown(self) -> None:
         """Every bound member of every room gets closed/shutdown."""
-        self.rooms.bind(self.host, A, 0)
-        self.rooms.bind(self.bob, B, 0)
+        self.rooms.bind(self.host, FakeRoute(A), 0)
+        self.rooms.bind(self.bob, FakeRoute(B), 0)
         other = self.rooms.create("s", "carol", "127.0.0.1", 0)
-        self.rooms.bind(other, C, 0)
+        self.rooms.bind(other, FakeRoute(C), 0)
         sent = notices(self.rooms.shutdown())
         self.assertEqual(sorted(addr for _, addr in sent), [A, B, C])
         self.assertTrue(all(n == {"event": "closed", "reason": "shutdown"} for n, _ in sent))
@@ -264,7 +265,7 @@ class RelayStateTests(unittest.TestCase):
         """A token bucket of rate/s, burst deep; one notice per second at most."""
         rooms = Rooms(rate=2, burst=3)
         member = rooms.create("r", "a", "127.0.0.1", 0)
-        rooms.bind(member, A, 0)
+        rooms.bind(member, FakeRoute(A), 0)
         self.assertEqual([rooms.allow_message(member, 0) for _ in range(4)], [True, True, True, False])
         self.assertTrue(rooms.allow_message(member, 0.5))
         self.assertFalse(rooms.allow_message(member, 0.5))
@@ -278,7 +279,7 @@ class TokenBucketTests(unittest.TestCase):
 
     def test_bucket(self) -> None:
         """burst at once, then rate a second; keys are separate."""
-        from ocm.limits import TokenBuckets
+        from ocm.tcrp.limits import TokenBuckets
 
         buckets = TokenBuckets(rate=2, burst=3)
         self.assertEqual([buckets.allow("a", 0) for _ in range(4)], [True, True, True, False])
@@ -288,7 +289,7 @@ class TokenBucketTests(unittest.TestCase):
 
     def test_charge_and_prune(self) -> None:
         """charge may go below zero; full buckets are pruned."""
-        from ocm.limits import TokenBuckets
+        from ocm.tcrp.limits import TokenBuckets
 
         buckets = TokenBuckets(rate=1, burst=2, max_keys=2)
         buckets.charge("a", 0, 3)

@@ -18,7 +18,7 @@ from twisted.trial import unittest
 from ocm import wire
 from ocm.client.requests import RequestFailed, request
 from ocm.client.session import EXIT_ERROR, EXIT_OK
-from ocm.relay import RelayProtocol
+from ocm.relay.protocol import SecureRelay
 from ocm.rooms import Member, Rooms
 from ocm.sealing import OVERHEAD, WINDOW, Channel, ReplayWindow, new_key
 from ocm.tap import Options, makeService
@@ -116,7 +116,7 @@ class SealedRelay(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(1000)
         self.rooms = Rooms(timeout=30, secure=True)
-        self.relay = RelayProtocol(self.rooms, self.clock)
+        self.relay = SecureRelay(self.rooms, self.clock)
         self.transport = FakeDatagramTransport()
         self.relay.makeConnection(self.transport)  # type: ignore[arg-type]
         now = self.clock.seconds()

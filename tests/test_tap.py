@@ -10,7 +10,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from ocm.tap import GuardedCall, Options, makeService, sweep_interval
-from ocm.udpport import FastUDPServer
+from ocm.relay.port import FastUDPServer
 
 
 class OptionsTests(unittest.TestCase):

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from ocm import wire
 from ocm.rooms import Rooms
-from ocm.tcrp import TCRPFactory, TCRPProtocol
+from ocm.tcrp.protocol import TCRPFactory, TCRPProtocol
 from tests.helpers import request_bytes, synchronous
 
 

@@ -13,7 +13,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 
 from ocm import wire
 from ocm.client.requests import RequestFailed
-from ocm.tunnel import no_delay
+from ocm.relay.tunnel import no_delay
 
 
 class TunnelProtocol(protocol.Protocol):

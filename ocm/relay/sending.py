@@ -1,22 +1,16 @@
 """
-Writing datagrams from a UDP port, fast and without letting one failure
-silence the rest of a fan-out.
+Writing datagrams from a UDP port: the fastest send path, the receive
+buffer, and which send errors mean "this host is busy".
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from twisted.logger import Logger
-
-from ocm.stats import Stats
-
 Address = tuple[str, int]
-
-log = Logger()
 
 # Errors that say the sending host is overloaded, not that the recipient is
 # unreachable: the datagram is dropped and no member is blamed.
@@ -66,43 +60,3 @@ def enlarge_receive_buffer(transport: Any, size: int = RECEIVE_BUFFER) -> int:
 def is_overload(error: BaseException) -> bool:
     """Whether a send error means 'this host is busy' rather than 'they are gone'."""
     return isinstance(error, OSError) and error.errno in OVERLOAD_ERRNOS
-
-
-def send_all(sendto: Callable[[bytes, Address], Any], sends: Iterable[tuple[bytes, Address]], stats: Stats) -> None:
-    """
-    Write each C{(data, address)}; a failure is counted and logged, and the
-    rest are still written.
-    """
-    for data, addr in sends:
-        try:
-            sendto(data, addr)
-        except Exception as e:
-            if is_overload(e):
-                stats.send_overload += 1
-            else:
-                stats.send_errors += 1
-                log.debug("send to {addr} failed: {error}", addr=addr, error=e)
-        else:
-            stats.notices += 1
-
-
-class PausedFlag:
-    """
-    A streaming producer that only remembers whether its consumer (a TCP
-    transport) asked it to pause: the writer drops what it would have
-    queued while C{paused}, so that a slow peer costs data, never memory.
-    """
-
-    paused = False
-
-    def pauseProducing(self) -> None:
-        """The transport's buffer is past its high-water mark."""
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        """The buffer drained."""
-        self.paused = False
-
-    def stopProducing(self) -> None:
-        """The connection is going."""
-        self.paused = True

@@ -15,25 +15,30 @@ streaming producer) once its buffer passes Twisted's high-water mark
 from __future__ import annotations
 
 import errno
-import itertools
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import tcp
 from twisted.logger import Logger
 
 from ocm import wire
-from ocm.rooms import Address, Member
-from ocm.sending import PausedFlag
+from ocm.backpressure import PausedFlag
+from ocm.rooms import Member
 
 log = Logger()
 
-#: Tunnel addresses are (IP, n) with n from here up: never a UDP port.
-TUNNEL_PORT_BASE = 1 << 20
 #: The largest datagram a client may send in a tunnel (the SPEC's 4096,
 #: and room for a longer one to be dropped by the relay's own check).
 MAX_IN = wire.MAX_DATAGRAM + 1024
 
-_numbers = itertools.count(TUNNEL_PORT_BASE)
+
+class ConnectionSink(Protocol):
+    """Where a connection's datagrams go: the relay (L{ocm.relay.protocol.Relay})."""
+
+    def connection_datagram(self, data: bytes, connection: Any) -> None:
+        """One datagram that came through C{connection}."""
+
+    def connection_lost(self, connection: Any) -> None:
+        """C{connection} is gone."""
 
 
 def no_delay(transport: Any) -> None:
@@ -52,19 +57,26 @@ def no_delay(transport: Any) -> None:
                 return
 
 
-def is_tunnel(addr: Address) -> bool:
-    """Whether C{addr} names a tunnel, not a UDP peer."""
-    return addr[1] >= TUNNEL_PORT_BASE
-
-
 class Tunnel(PausedFlag):
-    """One member's tunnel over its TCP transport (a streaming producer of it: paused, it drops)."""
+    """
+    One member's tunnel over its TCP transport: a L{ocm.relay.routes.Connection}
+    (the source of its datagrams and the route to it), and a streaming
+    producer of the transport (paused, it drops).
+    """
 
-    def __init__(self, transport: Any, relay: Any, member: Member, ip: str) -> None:
+    #: In secure mode a tunnel carries sealed datagrams, as UDP does.
+    sealed = True
+    #: Never written by the C fan-out loop.
+    sockaddr = None
+
+    def __init__(self, transport: Any, sink: ConnectionSink, member: Member, ip: str) -> None:
         self.transport = transport
-        self.relay = relay
+        self.sink = sink
+        #: The member the tunnel was opened for.
         self.member = member
-        self.addr: Address = (ip, next(_numbers))
+        self.ip = ip
+        peer = transport.getPeer()
+        self.peer = (peer.host, peer.port)
         self.paused = False
         self._buffer = b""
         transport.registerProducer(self, True)
@@ -93,13 +105,21 @@ class Tunnel(PausedFlag):
             frame = frame[sent:]
         transport.write(frame)
 
+    def close(self) -> None:
+        """Its member is gone: close the connection once what was written is out."""
+        self.transport.loseConnection()
+
     def data_received(self, data: bytes) -> None:
         """Datagrams from the member, to the relay as if they came over UDP."""
         try:
             datagrams, self._buffer = wire.split_tunnel_frames(self._buffer + data, MAX_IN)
         except wire.WireError as e:
-            log.info("tunnel from {ip} closed: {error}", ip=self.addr[0], error=str(e))
+            log.info("tunnel from {ip} closed: {error}", ip=self.ip, error=str(e))
             self.transport.loseConnection()
             return
+        sink = self.sink
         for datagram in datagrams:
-            self.relay.datagramReceived(datagram, self.addr)
+            sink.connection_datagram(datagram, self)
+
+    def __repr__(self) -> str:
+        return f"<Tunnel {self.peer} for {self.member!r}>"

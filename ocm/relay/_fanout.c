@@ -8,7 +8,7 @@
  * call) and 2.3 us from this loop. The addresses are packed once, when a
  * member binds (pack_address), so the loop does nothing but the system call.
  *
- * Optional: when this module cannot be built, ocm/fanout.py runs the same
+ * Optional: when this module cannot be built, ocm/relay/fanout.py runs the same
  * loop in Python. Nothing here blocks (the socket is non-blocking and
  * MSG_DONTWAIT is passed), so the GIL is kept.
  */
@@ -113,7 +113,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_ocm_fanout", "The relay's fan-out loop in C (see ocm/fanout.py).", -1, methods, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_ocm_fanout", "The relay's fan-out loop in C (see ocm/relay/fanout.py).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__ocm_fanout(void)

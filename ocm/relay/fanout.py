@@ -5,7 +5,7 @@ This is the server's hot path: at the assignment's load two thirds of its
 time is the C{sendto} of this loop.  There are two implementations of the
 one loop:
 
- - C{_ocm_fanout}, a C extension built from C{ocm/_fanout.c} at install
+ - C{_ocm_fanout}, a C extension built from C{ocm/relay/_fanout.c} at install
    where a compiler is present: it sends to addresses packed once, when a
    member binds (L{pack_address}), and costs about 1 us less per recipient
    than Python's C{socket.sendto} (3.4 against 2.3 us on loopback);
@@ -18,7 +18,6 @@ one failure cannot silence the rest of the room.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +27,9 @@ try:
 except ImportError:  # no compiler at install time: the Python loop
     _ocm_fanout = None  # type: ignore[assignment]
 
-from ocm.rooms import Address, Member
+from ocm.rooms import Member
+
+Address = tuple[str, int]
 
 #: Whether the C loop was built.
 NATIVE = _ocm_fanout is not None
@@ -37,7 +38,7 @@ NATIVE = _ocm_fanout is not None
 Failures = list[tuple[Member, BaseException]]
 
 #: C{fan_out(data, members, sender) -> (sent, failures or None)}.
-FanOut = Callable[[bytes, list[Member], Member], tuple[int, "Failures | None"]]
+FanOut = Callable[[bytes, list[Member], "Member | None"], tuple[int, "Failures | None"]]
 
 
 def pack_address(addr: Address) -> bytes | None:
@@ -50,19 +51,17 @@ def pack_address(addr: Address) -> bytes | None:
     return _ocm_fanout.pack_address(addr[0], addr[1])
 
 
-def python_fan_out(
-    sendto: Callable[[bytes, Address], Any], data: bytes, members: list[Member], sender: Member, sealed: bool = False
-) -> tuple[int, Failures | None]:
+def python_fan_out(data: bytes, members: list[Member], sender: Member | None) -> tuple[int, Failures | None]:
     """
-    Send C{data} to each of C{members} but C{sender}, in Python; C{sealed}
-    (secure mode): sealed for each recipient with its own key.
+    Send C{data} to each of C{members} but C{sender}, in Python, each
+    through its route (which seals it for its recipient in secure mode).
     """
     failed: Failures | None = None
     sent = 0
     for other in members:
         if other is not sender:
             try:
-                sendto(other.channel.seal(data) if sealed else data, other.addr)  # type: ignore[arg-type,union-attr]
+                other.route.send(data)  # type: ignore[union-attr]
                 sent += 1
             except Exception as e:
                 if failed is None:
@@ -71,12 +70,12 @@ def python_fan_out(
     return sent, failed
 
 
-def native_fan_out(fd: int, sendto: Callable[[bytes, Address], Any]) -> FanOut:
-    """The C loop on socket C{fd}; members it could not pack go through C{sendto}."""
+def native_fan_out(fd: int) -> FanOut:
+    """The C loop on socket C{fd}; members it cannot write (no packed address) go through their routes."""
     assert _ocm_fanout is not None
     loop = _ocm_fanout.fan_out
 
-    def fan_out(data: bytes, members: list[Member], sender: Member) -> tuple[int, Failures | None]:
+    def fan_out(data: bytes, members: list[Member], sender: Member | None) -> tuple[int, Failures | None]:
         sent, failures = loop(fd, data, members, sender)
         if failures is None:
             return sent, None
@@ -85,8 +84,8 @@ def native_fan_out(fd: int, sendto: Callable[[bytes, Address], Any]) -> FanOut:
             if err:
                 failed.append((member, OSError(err, os.strerror(err))))
                 continue
-            try:  # no packed address
-                sendto(data, member.addr)  # type: ignore[arg-type]
+            try:  # no packed address: a tunnel, a WebSocket
+                member.route.send(data)  # type: ignore[union-attr]
                 sent += 1
             except Exception as e:
                 failed.append((member, e))
@@ -95,15 +94,12 @@ def native_fan_out(fd: int, sendto: Callable[[bytes, Address], Any]) -> FanOut:
     return fan_out
 
 
-def fan_out_of(transport: Any, sendto: Callable[[bytes, Address], Any], sealed: bool = False) -> FanOut:
+def fan_out_of(transport: Any) -> FanOut:
     """
     The fan-out for C{transport}: the C loop on a real port's socket when it
-    was built, else the Python loop through C{sendto}; the Python loop, each
-    datagram sealed for its recipient, in secure mode.
+    was built, else the Python loop.
     """
-    if sealed:
-        return functools.partial(python_fan_out, sendto, sealed=True)
     sock = getattr(transport, "socket", None)
     if _ocm_fanout is not None and sock is not None and hasattr(sock, "fileno"):
-        return native_fan_out(sock.fileno(), sendto)
-    return functools.partial(python_fan_out, sendto)
+        return native_fan_out(sock.fileno())
+    return python_fan_out

@@ -3,15 +3,12 @@ The rooms service: rooms, members and tokens, in memory.
 
 Pure state: no I/O.  Methods that depend on time take C{now}; methods that
 must tell members something return the datagrams to send as a list of
-C{(data, address)} pairs for the caller to write.
+C{(data, member)} pairs (L{Sends}) for the relay to write through each
+member's route.
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-import secrets
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -19,188 +16,12 @@ from twisted.logger import Logger
 
 from ocm import wire
 from ocm.passwords import PasswordHash
+from ocm.rooms.model import MAX_SEND_FAILURES, Member, Room, RoomError, Route, Sends, new_token, normalise_ip
+from ocm.rooms.peers import Peers
 from ocm.sealing import Channel, new_key
 from ocm.stats import Stats
 
-Address = tuple[str, int]
-Sends = list[tuple[bytes, Address]]
-
 log = Logger()
-
-# Consecutive failed deliveries after which a member is removed as unreachable.
-MAX_SEND_FAILURES = 5
-#: The most bytes of history one room keeps, whatever its message count.
-MAX_HISTORY_BYTES = 64 * 1024
-
-
-class RoomError(Exception):
-    """A refused request, with the TCRP status that answers it."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def normalise_ip(host: str) -> str:
-    """
-    The one form in which addresses are compared: IPv4-mapped IPv6
-    addresses become plain IPv4, IPv6 addresses are compressed.
-    """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
-
-
-@functools.lru_cache(maxsize=65536)
-def normalise_ip_cached(host: str) -> str:
-    """L{normalise_ip}, remembered (for the relay's hot path; bounded)."""
-    return normalise_ip(host)
-
-
-def new_token() -> bytes:
-    """32 hex characters from the CSPRNG."""
-    return secrets.token_hex(16).encode("ascii")
-
-
-class Member:
-    """One member of one room, known by its token."""
-
-    __slots__ = (
-        "name", "name_bytes", "prefix", "token", "room", "ip", "addr", "sockaddr",
-        "last_seen", "failures", "is_host", "allowance", "allowance_at", "limited_at", "key", "channel",
-    )
-
-    def __init__(self, name: str, token: bytes, room: Room, ip: str, now: float, is_host: bool) -> None:
-        self.name = name
-        self.name_bytes = name.encode("utf-8")
-        #: C{UserNameSize | UserName}, prepended to every message it sends.
-        self.prefix = wire.sender_prefix(self.name_bytes)
-        self.token = token
-        self.room = room
-        #: The normalised IP the token was issued to.
-        self.ip = ip
-        #: The (IP, port) the token is bound to; None until the first datagram.
-        self.addr: Address | None = None
-        #: C{addr} packed for the relay's C fan-out loop (set by the relay).
-        self.sockaddr: bytes | None = None
-        self.last_seen = now
-        self.failures = 0
-        self.is_host = is_host
-        # Message rate limit (a token bucket): see L{Rooms.allow_message}.
-        self.allowance = 0.0
-        self.allowance_at = now
-        self.limited_at = -1e18
-        #: Secure mode: the member's key, and its sealed datagrams (L{ocm.sealing}).
-        self.key: bytes | None = None
-        self.channel: Channel | None = None
-
-    def __repr__(self) -> str:
-        return f"<Member {self.name!r} of {self.room.name!r}>"
-
-
-class Room:
-    """
-    A chat room: lives as long as its host.
-
-    On one node every member is local.  In a cluster (L{ocm.cluster}) a
-    node holds the room while it has local members: a I{replica} when the
-    host is on another node, with the other nodes' members known by name.
-    """
-
-    __slots__ = (
-        "name", "name_bytes", "host", "host_name", "members", "bound", "password", "capacity", "open",
-        "id", "replica", "roster", "remote", "peer_nodes", "history", "history_size", "history_bytes",
-    )
-
-    def __init__(self, name: str, password: PasswordHash | None, capacity: int | None, room_id: str = "") -> None:
-        self.name = name
-        self.name_bytes = name.encode("utf-8")
-        #: The host, when it is a member of this node.
-        self.host: Member | None = None
-        #: The host's username (the host may be on another node).
-        self.host_name = ""
-        #: Every local member, by username, bound or not, in order of arrival.
-        self.members: dict[str, Member] = {}
-        #: Local members whose token is bound to an address, in order of binding.
-        self.bound: list[Member] = []
-        self.password = password
-        self.capacity = capacity
-        self.open = True
-        #: Tells this room from an earlier one of the same name (cluster).
-        self.id = room_id or secrets.token_hex(8)
-        #: Whether the host is on another node.
-        self.replica = False
-        #: Usernames of every bound member, local (None) or remote (its
-        #: node), in the order this node learnt of them.
-        self.roster: dict[str, str | None] = {}
-        #: Members on other nodes, bound or not: username -> node.
-        self.remote: dict[str, str] = {}
-        #: Other nodes with members here, and how many: where chat goes.
-        self.peer_nodes: dict[str, int] = {}
-        #: Recent history (C{--max-history}): the last C{history_size} chat
-        #: messages, each kept as the C{history} notice a newcomer receives.
-        self.history: deque[bytes] = deque()
-        self.history_size = 0
-        self.history_bytes = 0
-
-    def remember(self, out: bytes, now: float) -> None:
-        """
-        Keep chat message C{out} (relayed form) in the history, as its
-        notice; the oldest go beyond C{history_size} messages or
-        L{MAX_HISTORY_BYTES}.  A message whose notice would not fit in a
-        datagram is not kept.
-        """
-        name_size = out[0]
-        try:
-            notice = wire.encode_notice(
-                "history", user=out[1 : 1 + name_size].decode("utf-8"), text=out[1 + name_size :].decode("utf-8"), time=round(now, 3)
-            )
-        except UnicodeDecodeError:  # pragma: no cover - the relay checked it
-            return
-        if 1 + len(notice) > wire.MAX_RELAYED:
-            return
-        self.history.append(notice)
-        self.history_bytes += len(notice)
-        while len(self.history) > self.history_size or self.history_bytes > MAX_HISTORY_BYTES:
-            self.history_bytes -= len(self.history.popleft())
-
-    def member_names(self) -> list[str]:
-        """Usernames of the bound members, in order of arrival."""
-        return list(self.roster)
-
-    def __repr__(self) -> str:
-        return f"<Room {self.name!r}>"
-
-
-class Peers:
-    """
-    What a L{Rooms} tells the other nodes of a cluster: nothing, on one
-    node.  L{ocm.cluster} overrides each method; all are called after the
-    local state has changed, and must not raise.
-    """
-
-    #: Whether there are other nodes (the relay publishes chat only then).
-    shared = False
-
-    def chat(self, room: Room, out: bytes) -> None:
-        """A member of this node sent C{out} (relayed form) to C{room}."""
-
-    def bound(self, member: Member) -> None:
-        """C{member}, of this node, bound its token."""
-
-    def left(self, member: Member, reason: str) -> None:
-        """C{member}, of this node, is gone from its room (not closed)."""
-
-    def closed(self, room: Room, reason: str, members: list[Member]) -> None:
-        """C{room} closed here; C{members} were its local members."""
-
-    def emptied(self, room: Room) -> None:
-        """C{room}, a replica, has no local member left and is forgotten."""
 
 
 class Rooms:
@@ -221,6 +42,7 @@ class Rooms:
         stats: Stats | None = None,
         token_factory: Callable[[], bytes] = new_token,
         secure: bool = False,
+        peers: Peers | None = None,
     ) -> None:
         self.timeout = timeout
         self.max_rooms = max_rooms
@@ -235,7 +57,10 @@ class Rooms:
         #: Secure mode: every member gets a key, every datagram is sealed.
         self.secure = secure
         #: The other nodes (L{Peers}: none, unless clustered).
-        self.peers = Peers()
+        self.peers = peers if peers is not None else Peers()
+        #: Members forgotten since the relay last looked: it closes their
+        #: routes (a tunnel, a WebSocket) once their last notices are out.
+        self.departed: list[Member] = []
 
     # TCRP side
 
@@ -341,22 +166,23 @@ class Rooms:
             members=room.member_names(),
         )
 
-    def bind(self, member: Member, addr: Address, now: float) -> Sends:
+    def bind(self, member: Member, route: Route, now: float) -> Sends:
         """
-        Bind C{member}'s token to C{addr} (its first accepted datagram):
+        Bind C{member}'s token to C{route} (its first accepted datagram):
         it gets the welcome, the others a join notice.
         """
         room = member.room
-        member.addr = addr
+        member.route = route
+        member.sockaddr = route.sockaddr
         member.last_seen = now
         sends: Sends = []
         notice = wire.encode_notice("join", user=member.name)
         for other in room.bound:
-            sends.append((notice, other.addr))  # type: ignore[arg-type]
+            sends.append((notice, other))
         room.bound.append(member)
         room.roster[member.name] = None
-        sends.append((self.welcome(member), addr))
-        sends.extend((notice, addr) for notice in room.history)
+        sends.append((self.welcome(member), member))
+        sends.extend((notice, member) for notice in room.history)
         log.info("{user} joined room {room}", user=member.name, room=room.name)
         self.peers.bound(member)
         return sends
@@ -367,7 +193,7 @@ class Rooms:
         notice = wire.encode_notice(
             "members", members=room.member_names(), host=room.host_name or None
         )
-        return [(notice, member.addr)]  # type: ignore[list-item]
+        return [(notice, member)]
 
     def allow_message(self, member: Member, now: float) -> bool:
         """
@@ -389,7 +215,7 @@ class Rooms:
         if now - member.limited_at < 1.0:
             return []
         member.limited_at = now
-        return [(wire.encode_notice("error", code="rate_limited"), member.addr)]  # type: ignore[list-item]
+        return [(wire.encode_notice("error", code="rate_limited"), member)]
 
     def remove(self, member: Member, reason: str) -> Sends:
         """
@@ -400,8 +226,8 @@ class Rooms:
         if self.tokens.get(member.token) is not member:
             return []
         sends: Sends = []
-        if reason != "left" and member.addr is not None:
-            sends.append((wire.encode_notice("disconnected", reason=reason), member.addr))
+        if reason != "left" and member.route is not None:
+            sends.append((wire.encode_notice("disconnected", reason=reason), member))
         if member is room.host:
             self._forget(member)
             self.stats.removed[reason] += 1
@@ -410,10 +236,10 @@ class Rooms:
             return sends
         self._forget(member)
         self.stats.removed[reason] += 1
-        if member.addr is not None:
+        if member.route is not None:
             notice = wire.encode_notice("leave", user=member.name, reason=reason)
             for other in room.bound:
-                sends.append((notice, other.addr))  # type: ignore[arg-type]
+                sends.append((notice, other))
             log.info("{user} left room {room} ({reason})", user=member.name, room=room.name, reason=reason)
         self.peers.left(member, reason)
         if room.replica and not room.members:
@@ -424,9 +250,10 @@ class Rooms:
         room = member.room
         del self.tokens[member.token]
         del room.members[member.name]
-        if member.addr is not None:
+        if member.route is not None:
             room.bound.remove(member)
             room.roster.pop(member.name, None)
+        self.departed.append(member)
 
     def drop_if_empty(self, room: Room) -> None:
         """Forget C{room} if it is a replica with no local member (a join undone)."""
@@ -453,8 +280,8 @@ class Rooms:
         sends: Sends = []
         members = list(room.members.values())
         for member in members:
-            if member.addr is not None:
-                sends.append((notice, member.addr))
+            if member.route is not None:
+                sends.append((notice, member))
             self._forget(member)
             self.stats.removed[reason] += 1
         if self.rooms.get(room.name) is room:
@@ -513,7 +340,7 @@ class Rooms:
             return []
         room.roster[name] = node
         notice = wire.encode_notice("join", user=name)
-        return [(notice, m.addr) for m in room.bound]  # type: ignore[misc]
+        return [(notice, m) for m in room.bound]
 
     def remote_left(self, room: Room, name: str, reason: str) -> Sends:
         """C{name}, a member on another node, is gone: the leave notice if it was bound."""
@@ -521,7 +348,7 @@ class Rooms:
             return []  # unknown, or never bound: nobody was told it joined
         del room.roster[name]
         notice = wire.encode_notice("leave", user=name, reason=reason)
-        return [(notice, m.addr) for m in room.bound]  # type: ignore[misc]
+        return [(notice, m) for m in room.bound]
 
     def remote_closed(self, room: Room, reason: str) -> Sends:
         """Another node closed C{room} (its host left, or it stopped)."""

@@ -11,9 +11,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
 from ocm import wire
-from ocm.rooms import MAX_SEND_FAILURES, Address
-from ocm.sending import enlarge_receive_buffer, is_overload, sendto_of
+from ocm.relay.sending import enlarge_receive_buffer, is_overload, sendto_of
+from ocm.rooms import MAX_SEND_FAILURES
 from ocm.stats import Stats
+
+Address = tuple[str, int]
 
 
 class LobbyProtocol(DatagramProtocol):

@@ -1,0 +1,187 @@
+"""
+The room registry of a cluster: what the TCRP side asks, answered from
+Redis (L{ClusterRegistry}), and the registry's own records
+(L{SharedRoom}, password hashes as Redis keeps them).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ocm.cluster import scripts
+from ocm.cluster import wire as cw
+from ocm.cluster.links import RedisLinks
+from ocm.cluster.records import Inbound, Outbound
+from ocm.cluster.state import Node
+from ocm.passwords import PasswordHash
+from ocm.relay.protocol import Writer
+from ocm.rooms import Member, RoomError, Rooms
+
+log = Logger()
+
+#: What a TCRP client is told while Redis is unreachable (503).
+UNREACHABLE = "the room registry (Redis) is unreachable; try again shortly"
+
+
+def encode_password(password: PasswordHash | None) -> str:
+    """A password hash as the registry keeps it (never the clear text): C{scheme$salt$digest} in hex."""
+    if password is None:
+        return ""
+    return f"{password.scheme}${password.salt.hex()}${password.digest.hex()}"
+
+
+def decode_password(text: str) -> PasswordHash | None:
+    """The inverse of L{encode_password}."""
+    if not text:
+        return None
+    scheme, salt, digest = text.split("$")
+    return PasswordHash(bytes.fromhex(salt), bytes.fromhex(digest), scheme)
+
+
+def pairs(flat: list[Any]) -> list[tuple[str, str]]:
+    """C{[k1, v1, k2, v2]} as C{[(k1, v1), (k2, v2)]} (a Redis HGETALL reply)."""
+    return list(zip(flat[::2], flat[1::2]))  # noqa: B905 (Python 3.9 has no strict=)
+
+
+@dataclass(frozen=True)
+class SharedRoom:
+    """A room as the registry knows it: what a join needs before the password check."""
+
+    name: str
+    id: str
+    host: str
+    password: PasswordHash | None
+    capacity: int | None
+    history: int = 0
+
+
+class ClusterRegistry:
+    """
+    The L{ocm.tcrp.registry.Registry} of a cluster node: creates and joins
+    are decided by scripts in Redis, then made here.
+    """
+
+    def __init__(self, node: Node, rooms: Rooms, links: RedisLinks, outbound: Outbound, inbound: Inbound, writer: Writer) -> None:
+        self.node = node
+        self.rooms = rooms
+        self.links = links
+        self.outbound = outbound
+        self.inbound = inbound
+        self.writer = writer
+        self.clock = links.clock
+
+    def check_up(self) -> None:
+        """Raise a 503 L{RoomError} while the registry cannot be asked (Redis down, a rebuild running)."""
+        if self.node.rebuilding:
+            raise RoomError(503, "the room registry is being rebuilt; try again in a moment")
+        if not self.links.ready:
+            self.links.redis_lost()
+            raise RoomError(503, UNREACHABLE)
+
+    def check_create(self, name: str) -> None:
+        """See L{ocm.tcrp.registry.Registry.check_create}."""
+        self.check_up()
+        self.rooms.check_create(name)
+
+    def create(
+        self, name: str, username: str, ip: str, now: float, password: PasswordHash | None, capacity: int | None, history: int = 0
+    ) -> defer.Deferred[Member]:
+        """See L{ocm.tcrp.registry.Registry.create}: decided by the CREATE script."""
+        self.check_up()
+        self.rooms.check_create(name)
+        room_id = secrets.token_hex(8)
+        args = (name, room_id, username, self.node.name, "" if capacity is None else capacity, encode_password(password), history)
+
+        def created(result: Any) -> Member:
+            if int(result) != 1:
+                raise RoomError(409, f"room {name!r} already exists")
+            try:
+                return self.rooms.create(
+                    name, username, ip, self.clock.seconds(), password=password, capacity=capacity, room_id=room_id, history=history
+                )
+            except RoomError:
+                self.links.script(scripts.CLOSE, name, room_id, self.node.name)
+                raise
+
+        return self._counted(self.links.eval(scripts.CREATE, *args)).addCallbacks(created, self._registry_failed)
+
+    def _counted(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """A create or join in flight (see L{_rebuild})."""
+        self.node.in_flight += 1
+
+        def done(result: Any) -> Any:
+            self.node.in_flight -= 1
+            return result
+
+        return d.addBoth(done)
+
+    def _registry_failed(self, failure: Failure) -> Any:
+        if failure.check(RoomError):
+            return failure
+        log.error("room registry request failed: {error}", error=failure.getErrorMessage())
+        raise RoomError(503, UNREACHABLE)
+
+    def find(self, name: str) -> defer.Deferred[SharedRoom]:
+        """See L{ocm.tcrp.registry.Registry.find}."""
+        self.check_up()
+
+        def found(fields: Any) -> SharedRoom:
+            if not fields or "id" not in fields:
+                raise RoomError(404, f"no room named {name!r}")
+            capacity = fields.get("capacity", "")
+            return SharedRoom(
+                name,
+                fields["id"],
+                fields.get("host", ""),
+                decode_password(fields.get("password", "")),
+                int(capacity) if capacity else None,
+                int(fields.get("history") or 0),
+            )
+
+        d: defer.Deferred[Any] = self.links.command.hgetall(scripts.room_key(name, "room"))
+        return d.addCallbacks(found, self._registry_failed)  # type: ignore[no-any-return]
+
+    def join(self, info: SharedRoom, username: str, ip: str, now: float) -> defer.Deferred[Member]:
+        """See L{ocm.tcrp.registry.Registry.join}: decided by the JOIN script."""
+        self.check_up()
+        if len(self.rooms.tokens) >= self.rooms.max_members:
+            raise RoomError(503, "the server is at its member limit")
+
+        def joined(result: Any) -> Member:
+            status = int(result[0])
+            if status == 404:
+                raise RoomError(404, f"no room named {info.name!r}")
+            if status == 409:
+                raise RoomError(409, f"username {username!r} is taken in room {info.name!r}")
+            if status == 503:
+                raise RoomError(503, f"room {info.name!r} is full")
+            room = self.rooms.adopt(info.name, info.id, info.host, info.password, info.capacity, info.history)
+            self.writer.send_all(self.inbound.sync_remote(room, pairs(result[1]), pairs(result[2])))
+            try:
+                member = self.rooms.add_member(room, username, ip, self.clock.seconds())
+            except RoomError:
+                self.links.script(scripts.LEAVE, info.name, info.id, username, self.node.name)
+                self.rooms.drop_if_empty(room)
+                raise
+            self.outbound.tell(room, cw.record(cw.MEMBER, room.name_bytes, member.name_bytes))
+            return member
+
+        return self._counted(self.links.eval(scripts.JOIN, info.name, info.id, username, self.node.name)).addCallbacks(joined, self._registry_failed)
+
+    def listing(self) -> defer.Deferred[list[dict[str, Any]]]:
+        """See L{ocm.tcrp.registry.Registry.listing}: every room of the cluster."""
+        self.check_up()
+
+        def listed(flat: list[Any]) -> list[dict[str, Any]]:
+            return [
+                {"name": flat[i], "members": int(flat[i + 3]), "capacity": int(flat[i + 1]) if flat[i + 1] else None, "protected": bool(int(flat[i + 2]))}
+                for i in range(0, len(flat), 4)
+            ]
+
+        return self.links.eval(scripts.LISTING).addCallbacks(listed, self._registry_failed)

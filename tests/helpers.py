@@ -11,10 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, task
+from twisted.trial import unittest
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from ocm import wire
 from ocm.client.requests import ReplyCollector
+from ocm.tap import Options, makeService
 
 Address = tuple[str, int]
 
@@ -236,3 +238,88 @@ class FakeRoute:
     def send(self, data: bytes) -> None:
         """Record one datagram."""
         self.sent.append(data)
+
+
+# The end-to-end harness: a whole server built by the plugin's makeService.
+
+
+class Member:
+    """A test client: a token and a UDP socket of its own."""
+
+    def __init__(self, case: Any, room: str, name: str, token: bytes, source: str, udp_port: int = 0) -> None:
+        self.case = case
+        #: The relay this member talks to (a cluster test names its node's).
+        self.udp_port = udp_port or case.udp_port
+        self.room = room
+        self.name = name
+        self.token = token
+        self.peer, self.port = listen_udp(source)
+        case.addCleanup(self.port.stopListening)
+
+    def send(self, message: bytes) -> None:
+        """Send one datagram to the relay."""
+        data = wire.encode_datagram(self.room.encode(), self.token, message)
+        self.port.write(data, ("127.0.0.1", self.udp_port))
+
+    async def hello(self) -> None:
+        """Bind: send \\x00hello until the welcome arrives."""
+        for _ in range(50):
+            self.send(wire.HELLO)
+            try:
+                await wait_until(lambda: self.peer.notices("welcome"), 0.1)
+                return
+            except AssertionError:
+                pass
+        raise AssertionError(f"no welcome for {self.name}")
+
+
+class ServerCase(unittest.TestCase):
+    """Starts a whole ocm server on loopback for each test."""
+
+    timeout = 30
+    server_args: list[str] = []
+
+    async def setUp(self) -> None:
+        options = Options()
+        options.parseOptions(["--tcp", "0", "--udp", "0", "--lobby", "0", "--interface", "127.0.0.1", *self.server_args])
+        self.service = makeService(options, reactor)
+        self.service.startService()
+        self.addCleanup(self.stop)
+        self.rooms = self.service.rooms  # type: ignore[attr-defined]
+        self.stats = self.rooms.stats
+        self.tcp_port = self.service.getServiceNamed("tcp")._port.getHost().port  # type: ignore[attr-defined]
+        self.udp_port = self.service.getServiceNamed("udp")._port.getHost().port  # type: ignore[attr-defined]
+        self.lobby_port = self.service.getServiceNamed("lobby")._port.getHost().port  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self.service.running:
+            await self.service.stopService()
+
+    async def request(self, operation: int, room: str, source: str = "127.0.0.1", **payload: Any) -> tuple[dict[str, Any], list[wire.Frame]]:
+        frames = await tcrp(self.tcp_port, operation, room, payload, source)
+        return status_of(frames), frames
+
+    async def member(self, operation: int, room: str, name: str, source: str = "127.0.0.1", hello: bool = True, **payload: Any) -> Member:
+        body, frames = await self.request(operation, room, source, username=name, **payload)
+        self.assertEqual(body["status"], 200, body)
+        member = Member(self, room, name, frames[1].payload, source)
+        if hello:
+            await member.hello()
+        return member
+
+    async def room(self, name: str = "r", *guests: str, **payload: Any) -> list[Member]:
+        """A room with a host and guests, all bound, welcome notices cleared."""
+        members = [await self.member(1, name, "host", **payload)]
+        for guest in guests:
+            members.append(await self.member(2, name, guest, password=payload.get("password", "")))
+        await wait_until(lambda: len(members[0].peer.notices("join")) == len(guests), what="join notices")
+        for m in members:
+            m.peer.received.clear()
+        return members
+
+    async def barrier(self, sender: Member, *receivers: Member) -> None:
+        """Send a marker and wait until every receiver has it: what was sent before has arrived."""
+        marker = f"marker-{id(object())}"
+        sender.send(marker.encode())
+        for r in receivers:
+            await wait_until(lambda r=r: (sender.name, marker) in r.peer.chats(markers=True), what="marker")

@@ -15,7 +15,7 @@ from twisted.internet import defer, error, protocol, reactor
 
 from ocm.client.session import EXIT_CLOSED, EXIT_OK, EXIT_REFUSED
 from tests.helpers import sleep, wait_until
-from tests.test_end_to_end import ServerCase
+from tests.helpers import ServerCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

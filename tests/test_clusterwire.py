@@ -40,14 +40,25 @@ class Batches(unittest.TestCase):
         self.assertEqual(list(cw.parse_batch(data)[1]), [(cw.CLOSED, b"r", b"host_left")])
 
     @given(names, records, st.data())
-    def test_cut_short_raises(self, origin: str, recs: list[tuple[int, str, bytes]], data: st.DataObject) -> None:
+    def test_cut_short_raises_unless_on_a_record_boundary(self, origin: str, recs: list[tuple[int, str, bytes]], data: st.DataObject) -> None:
+        """
+        A batch cut short raises, except where the cut falls between two
+        records (a batch has no count): then it parses to a strict prefix of
+        the records, never to anything else.
+        """
         whole = cw.batch_header(origin) + b"".join(cw.record(k, r.encode(), b) for k, r, b in recs)
         cut = data.draw(st.integers(0, len(whole) - 1))
+        boundaries = {len(cw.batch_header(origin)) + sum(len(cw.record(k, r.encode(), b)) for k, r, b in recs[:i]) for i in range(len(recs))}
         try:
-            _, parsed = cw.parse_batch(whole[:cut])
-            list(parsed)
+            got_origin, parsed = cw.parse_batch(whole[:cut])
+            got = list(parsed)
         except (cw.ClusterWireError, UnicodeDecodeError):
-            pass
+            self.assertNotIn(cut, boundaries)
+            return
+        self.assertIn(cut, boundaries)
+        self.assertEqual(got_origin, origin)
+        self.assertEqual(got, [(k, r.encode(), b) for k, r, b in recs][: len(got)])
+        self.assertLess(len(got), len(recs))
 
     def test_sync_and_left_parse(self) -> None:
         self.assertEqual(cw.parse_sync(cw.sync_body([("ア", True)], False)), ([("ア", True)], False))

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from ocm import wire
 from tests.helpers import sleep, status_of, tcrp_raw, wait_until
 from tests.test_client_end_to_end import ClientCase
-from tests.test_end_to_end import Member, ServerCase
+from tests.helpers import Member, ServerCase
 
 
 class RawTunnel:

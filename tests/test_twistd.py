@@ -159,7 +159,11 @@ class TwistdExtensions(unittest.TestCase):
         assert plain is not None, why
         self.assertEqual(wire.decode_notice(wire.decode_relayed(plain)[1])["event"], "welcome")
         tunnel.send(header + wire.WHO)  # unsealed: dropped, never answered
-        await sleep(0.3)
-        self.assertEqual(len(got), 1)
+        tunnel.send(header + channel.seal(wire.WHO))  # sealed: answered, after anything the first one got
+        await wait_until(lambda: len(got) >= 2, what="the answer to the sealed who")
+        self.assertEqual(len(got), 2)
+        plain, why = channel.open(got[1])
+        assert plain is not None, why
+        self.assertEqual(wire.decode_notice(wire.decode_relayed(plain)[1])["event"], "members")
         tunnel.close()
         await tunnel.closed

@@ -732,8 +732,8 @@ ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
   if (session) return;
   // Enter in a "for a new room" field creates; elsewhere Enter joins.
-  let operation = event.submitter === ui.create ? wire.OP_CREATE : wire.OP_JOIN;
-  if (event.submitter !== ui.join && ui.createOnly.contains(document.activeElement)) operation = wire.OP_CREATE;
+  // (Enter submits through the first button, Join room, with the field still focused.)
+  const operation = event.submitter === ui.create || ui.createOnly.contains(document.activeElement) ? wire.OP_CREATE : wire.OP_JOIN;
   const user = ui.name.value.trim();
   const room = ui.room.value.trim();
   const problemName = wire.nameProblem(user, "Your name");

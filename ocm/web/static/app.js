@@ -119,6 +119,18 @@ function logNotice(text, kind = "notice") {
   return addLine(kind, [span("text", text)]);
 }
 
+const HEARD_KEEP = 2000;
+
+function heardKey(user, text) {
+  return `${user}\n${text}`;
+}
+
+function hear(s, user, text) {
+  const key = heardKey(user, text);
+  s.heard.set(key, (s.heard.get(key) ?? 0) + 1);
+  if (s.heard.size > HEARD_KEEP) s.heard.delete(s.heard.keys().next().value);
+}
+
 /**
  * A chat line. line: {user, text, when?, own?, history?, private?, to?}.
  * Mentions of this member's name mark the line.
@@ -309,6 +321,9 @@ function newSession(operation, fields) {
     topic: "",
     pendingWho: 0,
     pendingPing: 0,
+    // chat lines shown, by sender and text: a rejoin's history repeats them
+    heard: new Map(),
+    replayed: null,
   };
 }
 
@@ -446,6 +461,7 @@ function onAdmitted(s) {
 }
 
 function onChat(s, user, text) {
+  hear(s, user, text);
   const mention = logChat(s, { user, text });
   if (!s.members.includes(user)) {
     s.members.push(user);
@@ -481,9 +497,17 @@ function onNotice(s, notice) {
         setStatus(`Reconnected to room “${s.room}”.`);
       }
       s.attempt = 0;
+      // after a rejoin the history repeats what this page showed already
+      s.replayed = new Map(s.heard);
       return;
     }
     case "history": {
+      const key = heardKey(user, String(notice.text ?? ""));
+      if (s.replayed && (s.replayed.get(key) ?? 0) > 0) {
+        s.replayed.set(key, s.replayed.get(key) - 1);
+        return;
+      }
+      hear(s, user, String(notice.text ?? ""));
       const when = typeof notice.time === "number" ? new Date(notice.time * 1000) : new Date();
       logChat(s, { user, text: String(notice.text ?? ""), when, history: true });
       return;
@@ -696,6 +720,7 @@ function sendInput() {
     const max = wire.maxTextBytes(s.roomBytes.length, s.token.length, s.userBytes);
     for (const piece of wire.splitUtf8(text, max)) {
       sendRaw(s, wire.utf8(piece));
+      hear(s, s.user, piece);
       logChat(s, { user: s.user, text: piece, own: true });
     }
   }

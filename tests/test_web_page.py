@@ -83,7 +83,7 @@ class Server:
             argv = [twistd]
         else:  # e.g. pip install --user: the script is elsewhere; same entry point
             argv = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
-        argv += ["--pidfile=", "-n", "ocm", "--tcp", str(self.tcp), "--udp", str(self.udp), "--web", str(self.web), "--interface", "127.0.0.1"]
+        argv += ["--pidfile=", "-n", "ocm", "--tcp", str(self.tcp), "--udp", str(self.udp), "--web", str(self.web), "--interface", "127.0.0.1", "--max-history", "20"]
         self.log_path = os.path.join(self.dir, "twistd.log")
         self.log = open(self.log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(argv, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
@@ -275,12 +275,14 @@ class BrowserCase(unittest.TestCase):
         page.goto(self.server.url)
         return page
 
-    def enter(self, page: Any, button: str, name: str, room: str, password: str = "", capacity: int | None = None) -> None:
+    def enter(self, page: Any, button: str, name: str, room: str, password: str = "", capacity: int | None = None, history: int | None = None) -> None:
         page.get_by_label("Name").fill(name)
         page.get_by_label("Room").fill(room)
         page.get_by_label("Password").fill(password)
         if capacity is not None:
             page.get_by_label("Capacity").fill(str(capacity))
+        if history is not None:
+            page.get_by_label("History").fill(str(history))
         page.get_by_role("button", name=button, exact=True).click()
 
     def say(self, page: Any, text: str) -> None:
@@ -307,12 +309,13 @@ class BrowserCase(unittest.TestCase):
 
 class TwoBrowsers(BrowserCase):
     def test_create_list_join_chat_leave(self) -> None:
-        """Alice creates a protected room; Bob lists it, joins with the password; they chat both ways; Bob leaves."""
+        """Alice creates a protected room; Bob lists it, joins with the password, sees its history; they chat both ways; Bob leaves."""
         alice = self.open_page()
-        self.enter(alice, "Create room", "alice", "garden", password="secret", capacity=5)
+        self.enter(alice, "Create room", "alice", "garden", password="secret", capacity=5, history=5)
         expect(self.log(alice)).to_contain_text("You joined room “garden” as alice")
         expect(self.member(alice, "alice")).to_contain_text("host")
         expect(alice.get_by_label("Message")).to_be_focused()
+        self.say(alice, "said before anyone came")
 
         bob = self.open_page(width=360, height=740)
         bob.get_by_role("button", name="Refresh list").click()
@@ -329,12 +332,13 @@ class TwoBrowsers(BrowserCase):
 
         expect(self.member(bob, "alice")).to_contain_text("host")
         expect(self.member(bob, "bob")).not_to_contain_text("host")
+        expect(bob.locator("#log .history")).to_have_text(re.compile(r"^\d\d:\d\d \(earlier\) alice: said before anyone came$"))
         expect(self.member(alice, "bob")).to_be_visible()
         expect(self.log(alice)).to_contain_text("bob joined.")
 
         self.say(alice, "hello bob")
         expect(self.log(bob)).to_contain_text("alice: hello bob")
-        expect(alice.locator("#log .own")).to_contain_text("hello bob")  # not echoed: shown when sent
+        expect(alice.locator("#log .own").last).to_contain_text("hello bob")  # not echoed: shown when sent
 
         self.say(bob, "こんにちは alice")
         expect(self.log(alice)).to_contain_text("bob: こんにちは alice")
@@ -445,16 +449,22 @@ class Reconnect(BrowserCase):
     def test_dropped_socket_rejoins_but_never_after_a_refusal(self) -> None:
         """A socket closed under the page rejoins with backoff; the host's cannot (the room closed with it): said, not retried."""
         alice = self.open_page()
-        self.enter(alice, "Create room", "alice", "porch", password="pw")
+        self.enter(alice, "Create room", "alice", "porch", password="pw", history=10)
         expect(self.members(alice)).to_contain_text("alice")
         bob = self.open_page(width=360, height=740)
         self.enter(bob, "Join room", "bob", "porch", password="pw")
         expect(self.member(bob, "alice")).to_contain_text("host")
+        self.say(alice, "before the drop")
+        expect(self.log(bob)).to_contain_text("alice: before the drop")
 
         # Drop Bob's socket without the page asking.
         bob.evaluate("() => window.__sockets.filter((s) => s.readyState === WebSocket.OPEN).forEach((s) => s.close())")
         expect(self.log(bob)).to_contain_text(re.compile(r"Connection lost, reconnecting in \d+ s…"))
         expect(self.log(bob)).to_contain_text("Reconnected.")
+        # The rejoin's history repeats that line: shown once all the same.
+        self.say(alice, "after the drop")
+        expect(self.log(bob)).to_contain_text("alice: after the drop")
+        expect(self.log(bob).get_by_text("before the drop")).to_have_count(1)
         expect(bob.get_by_role("status")).to_contain_text("Reconnected")
         expect(self.log(alice)).to_contain_text("bob left.")
         expect(self.log(alice).get_by_text("bob joined.")).to_have_count(2)

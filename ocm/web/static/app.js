@@ -100,6 +100,18 @@ function nearBottom() {
   return ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 48;
 }
 
+// A log scrolled to its end stays there when it shrinks (the header wraps,
+// a phone's keyboard opens); one scrolled back to read stays put.
+let logAtEnd = true;
+ui.log.addEventListener("scroll", () => {
+  logAtEnd = nearBottom();
+});
+if ("ResizeObserver" in window) {
+  new ResizeObserver(() => {
+    if (logAtEnd) ui.log.scrollTop = ui.log.scrollHeight;
+  }).observe(ui.log);
+}
+
 /** Append one line to the log: its time, then the parts (strings or nodes). */
 function addLine(kind, parts, when = new Date()) {
   const stick = nearBottom();
@@ -828,11 +840,13 @@ function listRooms() {
         if (reply.status !== 200) {
           done = true;
           ui.roomsNote.textContent = `Could not list the rooms. ${words.refusal(wire.OP_LIST, reply.status, reply.message ?? "")}`;
+          ws.close();
         }
       } else if (frame.state === wire.STATE_COMPLETE) {
         const rooms = wire.parseJSON(frame.payload);
         done = true;
         renderRooms(Array.isArray(rooms) ? rooms : []);
+        ws.close(); // the server closes it too
       }
     } catch {
       done = true;

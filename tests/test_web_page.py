@@ -245,13 +245,21 @@ class BrowserCase(unittest.TestCase):
             missing(self, "Playwright is not installed (pip install playwright)")
         if not os.access(CHROMIUM, os.X_OK):
             missing(self, f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-        self.server = Server(self)
+        self.url = self.start_server()
         self.problems: list[str] = []
         self.playwright = sync_playwright().start()
         self.addCleanup(self.playwright.stop)
         self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=WAIT_MS)
         self.addCleanup(self.browser.close)
         expect.set_options(timeout=WAIT_MS)
+
+    def start_server(self) -> str:
+        """Start the server under test; its page's address."""
+        self.server = Server(self)
+        return self.server.url
+
+    def prepare(self, context: Any) -> None:
+        """Anything a test case needs in each browser context before its page opens."""
 
     def tearDown(self) -> None:
         # No uncaught error, no Content-Security-Policy violation in any page.
@@ -262,8 +270,9 @@ class BrowserCase(unittest.TestCase):
         self.addCleanup(context.close)
         context.set_default_timeout(WAIT_MS)
         if notifications:
-            context.grant_permissions(["notifications"], origin=self.server.url.rstrip("/"))
+            context.grant_permissions(["notifications"], origin=self.url.rstrip("/"))
         context.add_init_script(SPY_SCRIPT)
+        self.prepare(context)
         page = context.new_page()
         page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
 
@@ -272,7 +281,7 @@ class BrowserCase(unittest.TestCase):
                 self.problems.append(f"console: {message.text}")
 
         page.on("console", console)
-        page.goto(self.server.url)
+        page.goto(self.url)
         return page
 
     def enter(self, page: Any, button: str, name: str, room: str, password: str = "", capacity: int | None = None, history: int | None = None) -> None:
@@ -519,6 +528,212 @@ class Layout(BrowserCase):
         self.assertEqual(page.evaluate("() => document.activeElement.id"), "log")
         page.get_by_role("button", name="Leave room").press("Enter")
         expect(page.get_by_label("Room")).to_be_focused()
+
+
+POLICY = "default-src 'self'; frame-ancestors 'none'"
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+
+
+def frame(operation: int, state: int, room: bytes, payload: bytes) -> bytes:
+    """A TCRP frame (SPEC section 1)."""
+    return bytes([len(room), operation, state]) + len(payload).to_bytes(29, "big") + room + payload
+
+
+def notice(event: str, **fields: Any) -> bytes:
+    """A server notice datagram (U = 0)."""
+    return b"\x00" + json.dumps({"event": event, **fields}).encode()
+
+
+class FakeGateway:
+    """
+    Stands in for the server's C{/ws} (Playwright's WebSocket routing): answers
+    each socket's TCRP request as C{refuse} says (a status by room name, or
+    success), welcomes a hello, answers a ping, and keeps every datagram the
+    page sends, so a test can send the section 7 notices today's server does
+    not send yet and read the page's bytes.
+    """
+
+    TOKEN = b"0123456789abcdef0123456789abcdef"
+
+    def __init__(self) -> None:
+        self.sockets: list[Any] = []
+        self.requests: list[tuple[int, str, dict[str, Any]]] = []
+        self.datagrams: list[bytes] = []
+        self.refuse: dict[str, tuple[int, str]] = {}
+        self.timeout = 30.0
+        self.welcome: dict[str, Any] = {}
+
+    def __call__(self, ws: Any) -> None:
+        self.sockets.append(ws)
+        request: list[Any] = []
+
+        def received(message: str | bytes) -> None:
+            if isinstance(message, str):
+                return
+            if not request:
+                n, operation = message[0], message[1]
+                room = message[32 : 32 + n]
+                payload = json.loads(message[32 + n :] or b"{}")
+                request.append((operation, room.decode(), payload))
+                self.requests.append(request[0])
+                if operation == 3:
+                    ws.send(frame(3, 1, b"", b'{"status":200}'))
+                    ws.send(frame(3, 2, b"", b"[]"))
+                    ws.close()
+                elif room.decode() in self.refuse:
+                    status, why = self.refuse[room.decode()]
+                    ws.send(frame(operation, 1, room, json.dumps({"status": status, "message": why}).encode()))
+                    ws.close()
+                else:
+                    ws.send(frame(operation, 1, room, json.dumps({"status": 200, "udp_port": 9001, "timeout": self.timeout}).encode()))
+                    ws.send(frame(operation, 2, room, self.TOKEN))
+                return
+            self.datagrams.append(message)
+            body = message[2 + message[0] + message[1] :]
+            if body == b"\x00hello":
+                _, room, payload = request[0]
+                fields = {"room": room, "user": payload["username"], "host": payload["username"], "members": [payload["username"]]}
+                ws.send(notice("welcome", **{**fields, **self.welcome}))
+            elif body == b"\x00ping":
+                ws.send(notice("pong"))
+
+        ws.on_message(received)
+
+    def messages(self) -> list[bytes]:
+        """The message part of each datagram the page sent."""
+        return [d[2 + d[0] + d[1] :] for d in self.datagrams]
+
+    def send(self, data: bytes) -> None:
+        self.sockets[-1].send(data)
+
+
+class WithFakeGateway(BrowserCase):
+    """The page against a stand-in for the gateway: the notices and refusals today's server cannot give, and the page's own bytes."""
+
+    ORIGIN = "http://ocm.test"
+
+    def start_server(self) -> str:
+        self.gateway = FakeGateway()
+        return self.ORIGIN + "/"
+
+    def prepare(self, context: Any) -> None:
+        def serve(route: Any) -> None:
+            path = route.request.url[len(self.ORIGIN) :].split("?")[0].lstrip("/") or "index.html"
+            file = os.path.join(STATIC, path)
+            if "/" in path or not os.path.isfile(file):
+                route.fulfill(status=404, body="not found")
+                return
+            with open(file, "rb") as f:
+                body = f.read()
+            headers = {"Content-Type": TYPES[os.path.splitext(path)[1]], "Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff"}
+            route.fulfill(status=200, body=body, headers=headers)
+
+        context.route(self.ORIGIN + "/**", serve)
+        context.route_web_socket("ws://ocm.test/ws", self.gateway)
+
+    def wait_for(self, page: Any, test: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + WAIT
+        while not test():
+            if time.monotonic() > deadline:
+                self.fail(f"no {what} within {WAIT} s; the page sent {self.gateway.messages()}")
+            page.wait_for_timeout(50)  # lets Playwright deliver the socket's messages
+
+    def test_bytes_hello_keepalive_and_split(self) -> None:
+        """The request, the hello until welcomed, keepalives at timeout/3, text split under the limit."""
+        self.gateway.timeout = 1.5
+        page = self.open_page()
+        self.enter(page, "Create room", "bob", "r", password="pw", capacity=3, history=4)
+        expect(self.log(page)).to_contain_text("You joined room “r” as bob")
+        self.assertEqual(self.gateway.requests[-1], (1, "r", {"username": "bob", "password": "pw", "capacity": 3, "history": 4}))
+        header = bytes([1, 32]) + b"r" + FakeGateway.TOKEN
+        self.assertEqual(self.gateway.datagrams[0], header + b"\x00hello")
+        # Idle: an empty keepalive about every timeout/3 = 0.5 s.
+        self.wait_for(page, lambda: self.gateway.messages().count(b"") >= 2, "two keepalives")
+        text = "é" * 3000 + " and the end"
+        self.say(page, text)
+        self.wait_for(page, lambda: len([m for m in self.gateway.messages() if m.startswith("é".encode())]) == 2, "two pieces")
+        pieces = [m for m in self.gateway.messages() if m and m[0] != 0 and m != b""]
+        self.assertEqual([len(p) for p in pieces], [4060, 1952])  # min(4094 - 1 - 32, 4093 - 3) = 4061: no half character
+        self.assertEqual(b"".join(pieces).decode(), text)
+        self.assertTrue(all(d.startswith(header) for d in self.gateway.datagrams))
+        expect(page.locator("#log .own")).to_have_count(2)
+        page.get_by_role("button", name="Leave room").click()
+        self.wait_for(page, lambda: self.gateway.messages()[-1:] == [b"\x00leave"], "the leave")
+
+    def test_section_7_notices_and_commands(self) -> None:
+        """Topic, mute, host, private messages, lock, errors, ping; the commands' bytes; a kick ends it for good."""
+        self.gateway.welcome = {"host": "alice", "members": ["alice", "bob", "carol"], "topic": "Plans"}
+        page = self.open_page(width=360, height=740)
+        self.enter(page, "Join room", "bob", "r")
+        expect(self.log(page)).to_contain_text("Topic: Plans")
+        expect(page.locator("#topic")).to_have_text("Topic: Plans")
+        expect(self.member(page, "alice")).to_contain_text("host")
+        expect(self.members(page).get_by_role("listitem")).to_have_count(3)
+
+        self.gateway.send(notice("topic", topic="Picnic on Sunday", user="alice"))
+        expect(self.log(page)).to_contain_text("alice set the topic: Picnic on Sunday")
+        expect(page.locator("#topic")).to_have_text("Topic: Picnic on Sunday")
+        self.gateway.send(notice("muted", user="carol"))
+        expect(self.member(page, "carol")).to_contain_text("muted")
+        expect(self.log(page)).to_contain_text("carol was muted.")
+        self.gateway.send(notice("unmuted", user="carol"))
+        expect(self.member(page, "carol")).not_to_contain_text("muted")
+        self.gateway.send(notice("host", user="bob"))
+        expect(self.log(page)).to_contain_text("You are now the host.")
+        expect(self.member(page, "bob")).to_contain_text("host")
+        expect(self.member(page, "alice")).not_to_contain_text("host")
+        self.gateway.send(notice("private", user="alice", text="psst"))
+        expect(self.log(page)).to_contain_text("alice → you (private): psst")
+        self.gateway.send(notice("locked"))
+        expect(self.log(page)).to_contain_text("The room is locked")
+        self.gateway.send(notice("unlocked"))
+        expect(self.log(page)).to_contain_text("The room is unlocked")
+        for code, said in [("not_host", "Only the host can do that."), ("no_such_user", "no member by that name"), ("muted", "You are muted"), ("too_long", "too long"), ("rate_limited", "too fast")]:
+            self.gateway.send(notice("error", code=code))
+            expect(self.log(page)).to_contain_text(said)
+        self.gateway.send(notice("pong"))  # not asked for: nothing to say
+        self.gateway.send(notice("members", members=["alice", "bob", "carol", "dave"], host="bob", muted=["dave"]))
+        expect(self.member(page, "dave")).to_contain_text("muted")
+        self.assertNotIn("pong", self.log(page).inner_text())
+        self.assertNotIn("Members:", self.log(page).inner_text())
+
+        for typed in ["/ping", "/who", "/msg alice see you there", "/kick carol", "/ban carol", "/mute dave", "/unmute dave", "/topic", "/topic New one", "/lock", "/unlock", "/host alice", "//slash at the start"]:
+            self.say(page, typed)
+        expect(self.log(page)).to_contain_text("pong: the server is alive.")
+        expect(self.log(page)).to_contain_text("you → alice (private): see you there")
+        sent = [b"\x00ping", b"\x00who", b"\x00msg alice see you there", b"\x00kick carol", b"\x00ban carol", b"\x00mute dave", b"\x00unmute dave", b"\x00topic ", b"\x00topic New one", b"\x00lock", b"\x00unlock", b"\x00host alice", b"/slash at the start"]
+        self.wait_for(page, lambda: self.gateway.messages()[-1:] == sent[-1:], "the commands")
+        self.assertEqual([m for m in self.gateway.messages() if m not in (b"", b"\x00hello")], sent)
+        self.gateway.send(notice("members", members=["alice", "bob"], host="bob"))
+        expect(self.log(page)).to_contain_text("Members: alice, bob (host: bob).")
+        page.get_by_label("Message").fill("/nonsense")
+        page.get_by_label("Message").press("Enter")
+        expect(self.log(page)).to_contain_text("Unknown command /nonsense")
+        expect(page.get_by_label("Message")).to_have_value("/nonsense")
+
+        self.gateway.send(notice("disconnected", reason="kicked"))
+        expect(self.log(page)).to_contain_text("You were kicked out of the room by the host.")
+        expect(page.get_by_label("Message")).to_be_disabled()
+        page.wait_for_timeout(2500)
+        self.assertEqual(len(self.gateway.sockets), 2)  # the list at load, then the join: no rejoin
+
+    def test_refusals_the_server_may_give(self) -> None:
+        """403, 503, 429, 413 and 400 in plain words, with the server's message where it helps."""
+        page = self.open_page()
+        cases = [
+            (403, "you are banned from this room", "you are banned from it, or the room is locked"),
+            (503, "room r is full", "The room is full or the server is busy. (The server said: room r is full)"),
+            (429, "slow down", "Too many requests"),
+            (413, "payload too large", "too large"),
+            (400, "missing field username", "bad request"),
+        ]
+        for status, why, said in cases:
+            self.gateway.refuse["r"] = (status, why)
+            self.enter(page, "Join room", "bob", "r")
+            expect(page.get_by_role("alert")).to_contain_text(said)
+        page.wait_for_timeout(1500)
+        self.assertEqual(len(self.gateway.sockets), 1 + len(cases))
+        expect(self.log(page)).to_be_hidden()
 
 
 class Served(unittest.TestCase):

@@ -161,6 +161,9 @@ test("mentions: the whole name, any case, not inside another word", () => {
   assert.ok(!words.mentions("kebob", "bob"));
   assert.ok(words.mentions("a.b?", "a.b?"));
   assert.ok(!words.mentions("anything", ""));
+  assert.ok(words.mentions("ボブさん、こんにちは", "ボブ"));
+  assert.ok(words.mentions("hey 太郎!", "太郎"));
+  assert.ok(!words.mentions("アリスさん", "ボブ"));
 });
 
 test("reconnect backoff: exponential, jittered, capped", () => {

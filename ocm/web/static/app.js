@@ -437,7 +437,7 @@ function onRefused(s, operation, reply) {
   if (s.inRoom) {
     // a rejoin was refused (the room closed, the name was taken...): stop here
     const said = `Could not rejoin: ${text}`;
-    logNotice(said, "problem");
+    logNotice(said, "notice problem");
     endSession(s, said);
     return;
   }

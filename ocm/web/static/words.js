@@ -127,9 +127,16 @@ export function welcomeText(notice) {
   return `You joined room “${notice.room}” as ${notice.user}. Host: ${notice.host}. Here: ${names(notice.members)}.${topic}`;
 }
 
-/** True if text mentions the name (as a whole word, any case, @ optional). */
+/**
+ * True if text mentions the name: as a whole word, any case, @ optional; a
+ * name in a script written without spaces (Japanese, Chinese, Korean)
+ * anywhere in the text.
+ */
 export function mentions(text, name) {
   if (!name || !text) return false;
+  if (/[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Hangul}]/u.test(name)) {
+    return text.toLowerCase().includes(name.toLowerCase());
+  }
   const escaped = name.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&");
   const re = new RegExp(`(^|[^\\p{L}\\p{N}_])@?${escaped}(?=$|[^\\p{L}\\p{N}_])`, "iu");
   return re.test(text);

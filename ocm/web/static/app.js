@@ -748,7 +748,7 @@ ui.sendForm.addEventListener("submit", (event) => {
 ui.message.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
     event.preventDefault();
-    ui.sendForm.requestSubmit();
+    sendInput();
   }
 });
 
@@ -765,12 +765,23 @@ function wholeNumber(input, least, what) {
   return { value: n };
 }
 
+// The button that was clicked, for browsers without SubmitEvent.submitter.
+let clicked = null;
+ui.join.addEventListener("click", () => {
+  clicked = ui.join;
+});
+ui.create.addEventListener("click", () => {
+  clicked = ui.create;
+});
+
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
+  const submitter = event.submitter ?? clicked;
+  clicked = null;
   if (session) return;
   // Enter in a "for a new room" field creates; elsewhere Enter joins.
   // (Enter submits through the first button, Join room, with the field still focused.)
-  const operation = event.submitter === ui.create || ui.createOnly.contains(document.activeElement) ? wire.OP_CREATE : wire.OP_JOIN;
+  const operation = submitter === ui.create || ui.createOnly.contains(document.activeElement) ? wire.OP_CREATE : wire.OP_JOIN;
   const user = ui.name.value.trim();
   const room = ui.room.value.trim();
   const problemName = wire.nameProblem(user, "Your name");

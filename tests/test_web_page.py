@@ -2,7 +2,10 @@
 The browser chat page (C{ocm/web/static}, SPEC.md section 8) as people use
 it: a real Chromium driven by Playwright's sync API, against a real
 C{twistd --pidfile= -n ocm --web PORT} in a subprocess, with a plain UDP
-member (TCRP over TCP, then datagrams) in the same rooms.
+member (TCRP over TCP, then datagrams) in the same rooms. C{WithFakeGateway}
+runs the page against a stand-in for the gateway instead (Playwright's
+WebSocket routing, no server), for what today's server cannot show: the
+section 7 notices and the page's exact bytes.
 
 Playwright's sync API will not run inside a running asyncio loop, so these
 are plain synchronous trial tests: the server is a subprocess, every wait is

@@ -37,14 +37,24 @@ class ClusterGauges(Protocol):
         """Whether the node takes room requests."""
 
 
+class ConnectionCounts(Protocol):
+    """What the metrics read of the relay (L{ocm.relay.protocol.Relay})."""
+
+    def connection_counts(self) -> dict[str, int]:
+        """Members that chat through a connection, by kind."""
+
+
 class OcmCollector:
     """Reads the server's counters at scrape time."""
 
-    def __init__(self, stats: Stats, rooms: Rooms, lobby: Any = None, cluster: ClusterGauges | None = None) -> None:
+    def __init__(
+        self, stats: Stats, rooms: Rooms, lobby: Any = None, cluster: ClusterGauges | None = None, relay: ConnectionCounts | None = None
+    ) -> None:
         self.stats = stats
         self.rooms = rooms
         self.lobby = lobby
         self.cluster = cluster
+        self.relay = relay
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, from the current counts."""
@@ -72,6 +82,16 @@ class OcmCollector:
         yield GaugeMetricFamily("ocm_rooms", "Open rooms.", value=rooms)
         yield GaugeMetricFamily("ocm_members", "Members (issued tokens), bound or not.", value=members)
         yield GaugeMetricFamily("ocm_members_bound", "Members whose token is bound to a UDP address.", value=bound)
+        if self.relay is not None:
+            counts = self.relay.connection_counts()
+            carried = GaugeMetricFamily("ocm_members_connected", "Members that chat through a connection, by kind (TCP tunnel, WebSocket).", labels=["kind"])
+            for kind in ("tunnel", "web"):
+                carried.add_metric([kind], counts.get(kind, 0))
+            yield carried
+        refused = CounterMetricFamily("ocm_web_upgrades_refused", "WebSocket upgrades refused, by reason.", labels=["reason"])
+        for reason in ("origin", "connections"):
+            refused.add_metric([reason], s.web_refused[reason])
+        yield refused
         cluster = self.cluster
         if cluster is not None:  # a cluster node (ocm.cluster)
             outbox = cluster.outbox
@@ -103,12 +123,14 @@ class MetricsResource(Resource):
         return generate_latest(self.registry)  # type: ignore[no-any-return]
 
 
-def metrics_site(stats: Stats, rooms: Rooms, lobby: Any = None, cluster: ClusterGauges | None = None) -> Any:
+def metrics_site(
+    stats: Stats, rooms: Rooms, lobby: Any = None, cluster: ClusterGauges | None = None, relay: ConnectionCounts | None = None
+) -> Any:
     """A C{twisted.web} site serving C{/metrics} (and nothing else)."""
     from twisted.web.server import Site
 
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(OcmCollector(stats, rooms, lobby, cluster))  # type: ignore[arg-type]
+    registry.register(OcmCollector(stats, rooms, lobby, cluster, relay))  # type: ignore[arg-type]
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry))
     site = Site(root)

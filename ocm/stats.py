@@ -47,6 +47,8 @@ class Stats:
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.removed: Counter[str] = Counter()
         self.requests: Counter[tuple[int, int]] = Counter()
+        #: WebSocket upgrades refused, by reason (C{origin}, C{connections}).
+        self.web_refused: Counter[str] = Counter()
         self.lobby_received = 0
         self.lobby_relayed = 0
 

@@ -81,6 +81,9 @@ class Options(usage.Options):
         ["redis-ca", None, None, "With a rediss:// URL: trust Redis's certificate if this PEM CA signed it (default: the system's store)."],
         ["tls-cert", None, None, "Secure mode: PEM certificate (then any chain) for TLS on the TCRP port; chat datagrams are sealed."],
         ["tls-key", None, None, "Secure mode: the PEM private key of --tls-cert."],
+        ["web", None, None, "TCP port for browsers: the chat page at / and its WebSocket at /ws (off unless given; HTTPS/WSS in secure mode).", usage.portCoerce],
+        ["web-origin", None, "", "Other origins allowed to open the WebSocket (comma-separated, e.g. https://chat.example.org); the page's own always is."],
+        ["web-trusted-proxy", None, "", "Addresses of reverse proxies whose X-Forwarded-For is trusted for a web member's IP (comma-separated)."],
         ["max-history", None, 0, "Recent history: the most messages a room may keep for newcomers (its create's 'history'; 0: off).", int],
     ]
 
@@ -92,6 +95,10 @@ class Options(usage.Options):
         """Check the options against each other."""
         if self["lobby"] is not None and self["lobby"] == self["udp"] != 0:
             raise usage.UsageError("--lobby and --udp must be different ports")
+        if self["web"] is not None and self["web"] == self["tcp"] != 0:
+            raise usage.UsageError("--web and --tcp must be different ports")
+        if (self["web-origin"] or self["web-trusted-proxy"]) and self["web"] is None:
+            raise usage.UsageError("--web-origin and --web-trusted-proxy go with --web")
         if self["redis"] is not None:
             from ocm.cluster.address import RedisAddress
 
@@ -227,6 +234,24 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
     tcp.setName("tcp")
     tcp.setServiceParent(top)
 
+    if config["web"] is not None:
+        from ocm.web.gateway import GatewayFactory
+        from ocm.web.site import WebService
+
+        gateway = GatewayFactory(
+            factory,
+            relay,
+            stats,
+            max_payload=config["max-payload"],
+            request_timeout=config["request-timeout"],
+            secure=secure,
+            origins=config["web-origin"].split(","),
+            trusted_proxies=config["web-trusted-proxy"].split(","),
+        )
+        web = WebService(config["web"], gateway, config["interface"], config["tls"] if secure else None, reactor)
+        web.setName("web")
+        web.setServiceParent(top)
+
     timers = [GuardedCall(relay.sweep, "room expiry")]
     lobby = None
     if config["lobby"] is not None:
@@ -242,7 +267,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
     if config["metrics"] is not None:
         from ocm.metrics import metrics_site
 
-        metrics = internet.TCPServer(config["metrics"], metrics_site(stats, rooms, lobby, cluster), interface=config["metrics-interface"])
+        metrics = internet.TCPServer(config["metrics"], metrics_site(stats, rooms, lobby, cluster, relay), interface=config["metrics-interface"])
         metrics.setName("metrics")
         metrics.setServiceParent(top)
 

@@ -323,3 +323,127 @@ class ServerCase(unittest.TestCase):
         sender.send(marker.encode())
         for r in receivers:
             await wait_until(lambda r=r: (sender.name, marker) in r.peer.chats(markers=True), what="marker")
+
+
+# A WebSocket client small enough to read: the handshake, masked binary
+# frames out, frames in, and raw bytes for the tests of bad input.
+
+
+class WebSocketClient(protocol.Protocol):
+    """One WebSocket to the gateway: its handshake status, the messages it got, the close code."""
+
+    def __init__(self, host: str, path: str = "/ws", origin: str | None = None, headers: dict[str, str] | None = None) -> None:
+        self.host = host
+        self.path = path
+        self.origin = origin
+        self.headers = headers or {}
+        self.status: int | None = None
+        self.response = b""
+        self.messages: list[bytes] = []
+        self.close_code: int | None = None
+        self.closed: defer.Deferred[None] = defer.Deferred()
+        self._buffer = b""
+
+    def connectionMade(self) -> None:
+        """Ask for the upgrade."""
+        import base64
+        import os
+
+        lines = [
+            f"GET {self.path} HTTP/1.1",
+            f"Host: {self.host}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        if self.origin is not None:
+            lines.append(f"Origin: {self.origin}")
+        lines += [f"{k}: {v}" for k, v in self.headers.items()]
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        """The response head, then frames."""
+        self._buffer += data
+        if self.status is None:
+            head, sep, rest = self._buffer.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            self.response = head
+            self.status = int(head.split(b" ", 2)[1])
+            self._buffer = rest
+        while len(self._buffer) >= 2:
+            opcode, size, at = self._buffer[0] & 0x0F, self._buffer[1] & 0x7F, 2
+            if size == 126:
+                if len(self._buffer) < 4:
+                    return
+                size, at = int.from_bytes(self._buffer[2:4], "big"), 4
+            elif size == 127:
+                if len(self._buffer) < 10:
+                    return
+                size, at = int.from_bytes(self._buffer[2:10], "big"), 10
+            if len(self._buffer) < at + size:
+                return
+            payload, self._buffer = self._buffer[at : at + size], self._buffer[at + size :]
+            if opcode == 0x8:
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.frame(0x8, payload[:2])  # the closing handshake's answer, as a browser gives it
+            elif opcode == 0x9:
+                self.frame(0xA, payload)  # pong
+            elif opcode in (0x1, 0x2):
+                self.messages.append(payload)
+
+    def frame(self, opcode: int, payload: bytes) -> None:
+        """Send one masked frame."""
+        import os
+
+        size = len(payload)
+        head = bytes([0x80 | opcode])
+        if size < 126:
+            head += bytes([0x80 | size])
+        elif size < 1 << 16:
+            head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
+        else:
+            head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
+        mask = os.urandom(4)
+        self.transport.write(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))  # type: ignore[union-attr]
+
+    def send(self, payload: bytes) -> None:
+        """One binary message."""
+        self.frame(0x2, payload)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """Gone."""
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def frames(self) -> list[wire.Frame]:
+        """The TCRP frames among the messages."""
+        return [f for m in self.messages for f in wire.decode_frames(m)[0]]
+
+    def notices(self, event: str | None = None) -> list[dict[str, Any]]:
+        """The notices among the datagram messages (after the answer frames)."""
+        out = []
+        for m in self.messages:
+            if len(m) >= 1 and m[0] == 0 and not wire.decode_frames(m)[0]:
+                notice = wire.decode_notice(m[1:])
+                if event is None or notice["event"] == event:
+                    out.append(notice)
+        return out
+
+    def chats(self) -> list[tuple[str, str]]:
+        """(sender, text) of the chat messages received."""
+        out = []
+        for m in self.messages:
+            if m and m[0] != 0 and not wire.decode_frames(m)[0]:
+                name, text = wire.decode_relayed(m)
+                out.append((name.decode(), text.decode()))
+        return out
+
+
+async def websocket(port: int, origin: str | None = None, headers: dict[str, str] | None = None, host: str = "127.0.0.1", path: str = "/ws") -> WebSocketClient:
+    """A WebSocket to the gateway on C{port}, once its handshake is answered."""
+    client = WebSocketClient(f"{host}:{port}", path, origin, headers)
+    await connectProtocol(TCP4ClientEndpoint(reactor, host, port), client)
+    await wait_until(lambda: client.status is not None or client.closed.called, 5, "the upgrade's answer")
+    return client

@@ -162,6 +162,25 @@ class Relay(DatagramProtocol):
             member.sockaddr = None
         return tunnel
 
+    def adopt_connection(self, token: bytes, connection: Any) -> Member | None:
+        """
+        C{connection} (a WebSocket) carries the datagrams of the member of
+        C{token}, just created or joined through it: the member goes when
+        the connection does, and the connection when the member does.
+        """
+        member = self.rooms.tokens.get(token)
+        if member is not None:
+            connection.member = member
+            self.connections[member] = connection
+        return member
+
+    def connection_counts(self) -> dict[str, int]:
+        """Members that chat through a connection, by kind (C{tunnel}, C{web})."""
+        counts: dict[str, int] = {}
+        for connection in self.connections.values():
+            counts[connection.kind] = counts.get(connection.kind, 0) + 1
+        return counts
+
     def connection_lost(self, connection: Any) -> None:
         """A connection is gone: its member leaves (C{left}) if it still chats through it."""
         member: Member | None = getattr(connection, "member", None)

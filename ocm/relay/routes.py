@@ -68,6 +68,8 @@ class Connection(Protocol):
     route that writes to it.
     """
 
+    #: What carries it, for the metrics: C{tunnel}, C{web}.
+    kind: str
     #: The normalised IP of the connection's peer (checked against the token's).
     ip: str
     #: The connection's peer address.

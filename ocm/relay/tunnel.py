@@ -64,6 +64,7 @@ class Tunnel(PausedFlag):
     producer of the transport (paused, it drops).
     """
 
+    kind = "tunnel"
     #: In secure mode a tunnel carries sealed datagrams, as UDP does.
     sealed = True
     #: Never written by the C fan-out loop.

@@ -18,13 +18,14 @@ DROP_REASONS = (
     "bad_control",
     "rate_limited",
     "too_long",
+    "muted",
     # secure mode (docs/secure.rst)
     "unsealed",
     "replayed",
     "bad_seal",
 )
 
-REMOVAL_REASONS = ("left", "timeout", "unreachable", "host_left", "shutdown")
+REMOVAL_REASONS = ("left", "timeout", "unreachable", "host_left", "shutdown", "kicked", "banned")
 
 
 class Stats:
@@ -47,6 +48,8 @@ class Stats:
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.removed: Counter[str] = Counter()
         self.requests: Counter[tuple[int, int]] = Counter()
+        #: Section 7's control messages given, by word (C{ping}, C{kick}, ...).
+        self.commands: Counter[str] = Counter()
         #: WebSocket upgrades refused, by reason (C{origin}, C{connections}).
         self.web_refused: Counter[str] = Counter()
         self.lobby_received = 0

@@ -11,6 +11,7 @@ L{SecureRelay}, chosen when the service is wired.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -22,11 +23,15 @@ from ocm.relay.fanout import NATIVE, FanOut, Failures, fan_out_of, python_fan_ou
 from ocm.relay.routes import Connection, SealedRoute, SealedUdpRoute, UdpRoute
 from ocm.relay.sending import enlarge_receive_buffer, is_overload, sendto_of
 from ocm.relay.tunnel import Tunnel
-from ocm.rooms import Member, Room, RoomError, Rooms, Route, Sends, normalise_ip_cached
+from ocm.rooms import Member, Room, RoomError, Rooms, Route, Sends, governing, normalise_ip_cached
 
 log = Logger()
 
 Address = tuple[str, int]
+#: A control message's handler: the member, the argument (text), whether it just bound.
+ControlHandler = Callable[[Member, str, bool], None]
+#: Section 7's control words that take no argument.
+ARGUMENTLESS = frozenset({"ping", "lock", "unlock"})
 
 # Listen larger than the largest legal datagram so that an oversize one
 # arrives longer than 4096 bytes (and is dropped) instead of being cut to a
@@ -76,6 +81,9 @@ class Relay(DatagramProtocol):
         #: Members that chat (or are about to) through a connection, and
         #: that connection: closed when the member goes.
         self.connections: dict[Member, Connection] = {}
+        #: The control messages understood (SPEC sections 2 and 7): the word,
+        #: its handler, and whether it takes an argument.  Others are dropped.
+        self.controls = self._control_table()
 
     def startProtocol(self) -> None:
         """Pick the send paths once the port exists; enlarge its receive buffer."""
@@ -282,6 +290,10 @@ class Relay(DatagramProtocol):
             dropped["rate_limited"] += 1
             self.send_all(self.rooms.rate_limited_notice(member, now))
             return
+        if member.room.muted and member.name in member.room.muted:
+            dropped["muted"] += 1
+            self.send_all(governing.muted_notice(member, now))
+            return
         out = member.prefix + message
         if len(out) > wire.MAX_RELAYED:
             dropped["too_long"] += 1
@@ -333,15 +345,50 @@ class Relay(DatagramProtocol):
         self.send_all(sends)
 
     def _control(self, member: Member, message: bytes, bound_now: bool) -> None:
-        if message == wire.HELLO:
-            if not bound_now:  # binding already sent the welcome
-                self.send_all([(self.rooms.welcome(member), member)])
-        elif message == wire.LEAVE:
-            self.send_all(self.rooms.remove(member, "left"))
-        elif message == wire.WHO:
-            self.send_all(self.rooms.who(member))
-        else:
+        """A control message (SPEC sections 2 and 7), dispatched through L{controls}."""
+        word, space, argument = message[1:].partition(b" ")
+        entry = self.controls.get(word)
+        if entry is None or (space and not entry[1]):
             self.stats.drop("bad_control")
+            return
+        try:
+            text = argument.decode("utf-8")
+        except UnicodeDecodeError:
+            self.stats.drop("bad_utf8")
+            return
+        entry[0](member, text, bound_now)
+
+    def _hello(self, member: Member, argument: str, bound_now: bool) -> None:
+        """C{hello}: the welcome again (binding already sent it the first time)."""
+        if not bound_now:
+            self.send_all([(self.rooms.welcome(member), member)])
+
+    def _leave(self, member: Member, argument: str, bound_now: bool) -> None:
+        """C{leave}: the member leaves."""
+        self.send_all(self.rooms.remove(member, "left"))
+
+    def _who(self, member: Member, argument: str, bound_now: bool) -> None:
+        """C{who}: the member list."""
+        self.send_all(self.rooms.who(member))
+
+    def _governed(self, word: str) -> ControlHandler:
+        """A section 7 command: its rule (L{ocm.rooms.governing}) decides."""
+
+        def handle(member: Member, argument: str, bound_now: bool) -> None:
+            self.send_all(governing.govern(self.rooms, member, word, argument, self.clock.seconds()))
+
+        return handle
+
+    def _control_table(self) -> dict[bytes, tuple[ControlHandler, bool]]:
+        """Each control word, its handler, and whether it takes an argument."""
+        table: dict[bytes, tuple[ControlHandler, bool]] = {
+            b"hello": (self._hello, False),
+            b"leave": (self._leave, False),
+            b"who": (self._who, False),
+        }
+        for word in governing.RULES:
+            table[word.encode("ascii")] = (self._governed(word), word not in ARGUMENTLESS)
+        return table
 
     def sweep(self) -> None:
         """Remove idle members and expired tokens (run by a timer)."""

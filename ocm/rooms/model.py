@@ -89,7 +89,7 @@ class Member:
 
     __slots__ = (
         "name", "name_bytes", "prefix", "token", "room", "ip", "route", "source", "sockaddr",
-        "last_seen", "failures", "is_host", "allowance", "allowance_at", "limited_at", "key", "channel",
+        "last_seen", "failures", "is_host", "allowance", "allowance_at", "limited_at", "muted_at", "key", "channel",
     )
 
     def __init__(self, name: str, token: bytes, room: Room, ip: str, now: float, is_host: bool) -> None:
@@ -116,6 +116,8 @@ class Member:
         self.allowance = 0.0
         self.allowance_at = now
         self.limited_at = -1e18
+        #: When it was last told it is muted (at most once a second).
+        self.muted_at = -1e18
         #: Secure mode: the member's key, and its sealed datagrams (L{ocm.sealing}).
         self.key: bytes | None = None
         self.channel: Channel | None = None
@@ -142,6 +144,7 @@ class Room:
     __slots__ = (
         "name", "name_bytes", "host", "host_name", "members", "bound", "password", "capacity", "open",
         "id", "replica", "roster", "remote", "peer_nodes", "history", "history_size", "history_bytes",
+        "topic", "locked", "muted", "banned_names", "banned_ips",
     )
 
     def __init__(self, name: str, password: PasswordHash | None, capacity: int | None, room_id: str = "") -> None:
@@ -174,6 +177,16 @@ class Room:
         self.history: deque[bytes] = deque()
         self.history_size = 0
         self.history_bytes = 0
+        # What the host governs (SPEC section 7; L{ocm.rooms.governing}).
+        #: The topic ("" when none is set).
+        self.topic = ""
+        #: Whether joins are refused (403).
+        self.locked = False
+        #: Usernames whose chat and private messages are not relayed.
+        self.muted: set[str] = set()
+        #: Usernames and IPs refused (403) while the room lives.
+        self.banned_names: set[str] = set()
+        self.banned_ips: set[str] = set()
 
     def remember(self, out: bytes, now: float) -> None:
         """
@@ -195,6 +208,13 @@ class Room:
         self.history_bytes += len(notice)
         while len(self.history) > self.history_size or self.history_bytes > MAX_HISTORY_BYTES:
             self.history_bytes -= len(self.history.popleft())
+
+    def check_join(self, username: str, ip: str) -> None:
+        """Refuse (403) a join while the room is locked, or from a banned name or IP (SPEC section 7)."""
+        if self.locked:
+            raise RoomError(403, f"room {self.name!r} is locked")
+        if username in self.banned_names or ip in self.banned_ips:
+            raise RoomError(403, f"banned from room {self.name!r}")
 
     def member_names(self) -> list[str]:
         """Usernames of the bound members, in order of arrival."""

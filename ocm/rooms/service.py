@@ -113,6 +113,7 @@ class Rooms:
         """
         if not room.open:
             raise RoomError(404, f"no room named {room.name!r}")
+        room.check_join(username, normalise_ip(ip))
         if username in room.members:
             raise RoomError(409, f"username {username!r} is taken in room {room.name!r}")
         if room.capacity is not None and len(room.members) >= room.capacity:
@@ -158,12 +159,14 @@ class Rooms:
     def welcome(self, member: Member) -> bytes:
         """The welcome notice for C{member}."""
         room = member.room
+        extra = {"topic": room.topic} if room.topic else {}
         return wire.encode_notice(
             "welcome",
             room=room.name,
             user=member.name,
             host=room.host_name or None,
             members=room.member_names(),
+            **extra,
         )
 
     def bind(self, member: Member, route: Route, now: float) -> Sends:
@@ -190,8 +193,13 @@ class Rooms:
     def who(self, member: Member) -> Sends:
         """Answer C{\\x00who}: the member list and the host."""
         room = member.room
+        extra: dict[str, Any] = {}
+        if room.muted:
+            extra["muted"] = sorted(room.muted)
+        if room.topic:
+            extra["topic"] = room.topic
         notice = wire.encode_notice(
-            "members", members=room.member_names(), host=room.host_name or None
+            "members", members=room.member_names(), host=room.host_name or None, **extra
         )
         return [(notice, member)]
 

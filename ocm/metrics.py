@@ -88,6 +88,10 @@ class OcmCollector:
             for kind in ("tunnel", "web"):
                 carried.add_metric([kind], counts.get(kind, 0))
             yield carried
+        commands = CounterMetricFamily("ocm_room_commands", "Section 7 control messages given (ping, msg, kick, ...), by command.", labels=["command"])
+        for command, count in sorted(s.commands.items()):
+            commands.add_metric([command], count)
+        yield commands
         refused = CounterMetricFamily("ocm_web_upgrades_refused", "WebSocket upgrades refused, by reason.", labels=["reason"])
         for reason in ("origin", "connections"):
             refused.add_metric([reason], s.web_refused[reason])

@@ -147,6 +147,10 @@ class RequestFlow:
         sealed: dict[str, Any] = {}
         if member.key is not None:  # secure mode: the member's key, over TLS only
             sealed = {"key": member.key.hex(), "seal": ALGORITHM}
+        if request.operation == wire.OP_CREATE and "history" in request.fields:
+            # a create that asked for history learns what it was granted (a
+            # server with --max-history only: a plain server ignores the key)
+            sealed["history"] = member.room.history_size
         return self._ok(
             request,
             [wire.complete_frame(request.operation, request.room_bytes, member.token)],

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 from ocm import wire
 from ocm.client import render
@@ -25,13 +26,62 @@ from ocm.client.session import EXIT_ERROR, EXIT_OK
 
 
 class PromptUI(Frontend):
-    """Prints above the prompt (prompt_toolkit's patch_stdout does the redraw)."""
+    """
+    Prints above the prompt while one runs (prompt_toolkit's
+    C{run_in_terminal}: the prompt steps aside, the lines are written, the
+    prompt and its half-typed line are drawn again), straight to the
+    terminal otherwise.
+
+    Not prompt_toolkit's C{patch_stdout}: its thread hands each line to the
+    event loop for a later turn, and the last lines of a session (why it
+    ended) were lost when the prompt and the loop stopped first.  Here the
+    lines wait in one batch that L{flush} writes before the chat returns.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
+        #: Where lines go (standard output unless a test says otherwise).
+        self.stream = stream
+        self._batch: list[str] = []
+        self._writes: set[asyncio.Future[None]] = set()
 
     def out(self, line: str) -> None:
-        """Print one line above the input line; history dimmed."""
+        """Show one line (history dimmed) above the prompt, or at once if no prompt runs."""
         if line.startswith(render.HISTORY):
             line = "\x1b[2m" + line + "\x1b[0m"
-        print(line, flush=True)
+        if self._batch:  # a batch waits for the prompt to step aside: keep the order
+            self._batch.append(line)
+            return
+        from prompt_toolkit.application import get_app_or_none, run_in_terminal
+
+        app = get_app_or_none()
+        if app is None or not app.is_running:
+            self._write([line])
+            return
+        self._batch.append(line)
+        written: asyncio.Future[None] = asyncio.ensure_future(run_in_terminal(self._write_batch))
+        self._writes.add(written)
+        written.add_done_callback(self._writes.discard)
+
+    def _write_batch(self) -> None:
+        lines, self._batch = self._batch, []
+        self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        stream = self.stream or sys.stdout
+        stream.write("".join(line + "\n" for line in lines))
+        stream.flush()
+
+    async def flush(self, timeout: float = 2.0) -> None:
+        """
+        Wait (bounded) until every line is written above the prompt; write
+        what is left (the prompt gone or stuck) straight away.
+        """
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=timeout)
+        self._write_batch()
 
 
 def twisted(coro: Any) -> asyncio.Future[Any]:
@@ -51,7 +101,6 @@ async def ask(session: Any, question: str, default: str | None = None, password:
 async def interactive(args: argparse.Namespace) -> int:
     """Ask, connect, chat; a refusal lets the person try again."""
     from prompt_toolkit import PromptSession
-    from prompt_toolkit.patch_stdout import patch_stdout
     from twisted.internet import reactor
 
     prompts: Any = PromptSession()
@@ -72,7 +121,7 @@ async def interactive(args: argparse.Namespace) -> int:
             name = await ask(prompts, "your name")
         if args.lobby is not None:
             ui = PromptUI()
-            return await _chat_loop(prompts, patch_stdout, ui, twisted(lobby(reactor, ui, host, args.lobby, name, args.timeout)))
+            return await _chat_loop(prompts, ui, twisted(lobby(reactor, ui, host, args.lobby, name, args.timeout)))
         given = password_of(args)
         preset = (wire.OP_CREATE, args.create) if args.create else (wire.OP_JOIN, args.join) if args.join else None
         while True:
@@ -114,21 +163,26 @@ async def interactive(args: argparse.Namespace) -> int:
                     name = await ask(prompts, "another name")
         ui = PromptUI()
         ui.out("* type /help for commands")
-        return await _chat_loop(prompts, patch_stdout, ui, twisted(chat(reactor, ui, host, port, reply, room, name, password, args.rejoin, tls=tls, tcp_only=args.tcp_only)))
+        return await _chat_loop(prompts, ui, twisted(chat(reactor, ui, host, port, reply, room, name, password, args.rejoin, tls=tls, tcp_only=args.tcp_only)))
     except (EOFError, KeyboardInterrupt):
         return EXIT_OK
 
 
-async def _chat_loop(prompts: Any, patch_stdout: Any, ui: PromptUI, done: asyncio.Future[int]) -> int:
-    """Read lines into the session until it ends; Ctrl-D and Ctrl-C leave."""
-    with patch_stdout(raw=True):
+async def _chat_loop(prompts: Any, ui: PromptUI, done: asyncio.Future[int]) -> int:
+    """
+    Read lines into the session until it ends; Ctrl-D and Ctrl-C leave.
+    Every line the session printed (why it ended, last) is on the terminal
+    before this returns.
+    """
+    typed: asyncio.Future[str] | None = None
+    try:
         while not done.done():
             # is_password explicitly: a PromptSession keeps the arguments of its
             # last prompt, and a join's last question was the password.
             typed = asyncio.ensure_future(prompts.prompt_async("> ", is_password=False))
-            await asyncio.wait({typed, done}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {typed, done}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if not typed.done():
-                typed.cancel()
                 break
             try:
                 ui.line(typed.result())
@@ -136,6 +190,14 @@ async def _chat_loop(prompts: Any, patch_stdout: Any, ui: PromptUI, done: asynci
                 ui.end_of_input()
                 break
         return await done
+    finally:
+        # The lines above the prompt first, then the prompt goes (its last
+        # redraw stays on the screen), then whatever came meanwhile.
+        await ui.flush()
+        if typed is not None and not typed.done():
+            typed.cancel()
+            await asyncio.wait({typed}, timeout=2)
+        await ui.flush()
 
 
 def run_interactive(args: argparse.Namespace) -> int:

@@ -13,11 +13,14 @@ import subprocess
 import sys
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from ocm.client.session import EXIT_CLOSED, EXIT_OK
+from ocm import wire
+from ocm.client.flows import Frontend
+from ocm.client.session import EXIT_CLOSED, EXIT_OK, ChatSession, Ending
 from ocm.client.tunnel import no_delay
-from tests.helpers import sleep, wait_until
+from tests.helpers import FakeDatagramTransport, sleep, wait_until
 from tests.test_client_end_to_end import ClientCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +95,137 @@ async def exited(child: Any, timeout: float = 5.0) -> tuple[int | None, str]:
             return child.exitstatus, "".join(seen)
         await sleep(0.05)
     raise AssertionError(f"the client did not exit within {timeout}s; it wrote {''.join(seen)!r}")
+
+
+SERVER = ("127.0.0.1", 9001)
+TOKEN = b"t" * 32
+
+
+class Lines(Frontend):
+    """A front end that keeps its lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def out(self, line: str) -> None:
+        """Keep C{line}."""
+        self.lines.append(line)
+
+
+class SessionCase(unittest.TestCase):
+    """A ChatSession over a fake transport and a Clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.ui = Lines()
+        self.transport = FakeDatagramTransport()
+        self.header = wire.encode_datagram(b"r", TOKEN)
+        self.session = self.new_session()
+        self.endings: list[Ending] = []
+        self.session.ended.addCallback(self.endings.append)
+
+    def new_session(self) -> ChatSession:
+        """A session of C{alice} in room C{r}, its datagrams on C{self.transport}."""
+        session = ChatSession(self.clock, SERVER, "r", "alice", TOKEN, 30, self.ui.out)
+        session.makeConnection(self.transport)  # type: ignore[arg-type]
+        return session
+
+    def sent(self) -> list[bytes]:
+        """The messages the session sent (headers cut off)."""
+        return [data[len(self.header) :] for data in self.transport.to(SERVER)]
+
+    def notice(self, event: str, **fields: Any) -> None:
+        """The relay sends a notice."""
+        self.session.datagramReceived(wire.encode_notice(event, **fields), SERVER)
+
+    def welcome(self, **fields: Any) -> None:
+        """The relay welcomes alice."""
+        self.notice("welcome", **{"room": "r", "user": "alice", "host": "alice", "members": ["alice"], **fields})
+
+
+class FrontendInterruptTests(SessionCase):
+    """Frontend.interrupt: Ctrl-C and SIGTERM leave at once."""
+
+    def test_interrupt_leaves(self) -> None:
+        """\\x00leave goes out at once, said; lines still waiting are dropped; a second interrupt does nothing."""
+        self.ui.attach(self.session)
+        self.ui.line("typed before the welcome")
+        self.ui.interrupt("Ctrl-C")
+        self.ui.interrupt("terminated")
+        self.assertEqual(self.sent(), [wire.HELLO, wire.LEAVE])
+        self.assertEqual(self.endings, [Ending(EXIT_OK)])
+        self.assertEqual(self.ui.lines, ["* Ctrl-C: leaving the room"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_interrupt_between_sessions(self) -> None:
+        """Interrupted during a rejoin: the next session leaves as soon as it starts."""
+        self.ui.line("waiting")
+        self.ui.interrupt("terminated")
+        self.ui.attach(self.session)
+        self.assertEqual(self.sent(), [wire.HELLO, wire.LEAVE])
+        self.assertEqual(self.endings, [Ending(EXIT_OK)])
+
+    def test_leave_once(self) -> None:
+        """A session that ended (the room closed) sends no leave afterwards."""
+        self.welcome()
+        self.notice("closed", reason="host_left")
+        self.transport.clear()
+        self.session.leave()
+        self.assertEqual(self.sent(), [])
+
+
+class InterruptTests(ClientCase):
+    """Ctrl-C and SIGTERM at the interactive chat prompt leave the room."""
+
+    async def joined_in_pty(self, *args: str) -> tuple[Any, Any]:
+        """The interactive client, every question answered by flags, at the chat prompt."""
+        child, expect = self.pty_client("--host", "127.0.0.1", "--password", "", *args)
+        await expect("joined room")
+        await expect(">")  # the chat prompt (drawn as ">" and a cursor move)
+        return child, expect
+
+    async def test_ctrl_c_member(self) -> None:
+        """Ctrl-C: the member leaves (the others see it leave, not time out), says so, exits 0 at once."""
+        alice = self.client("--name", "alice", "--create", "r")
+        await self.joined(alice)
+        child, expect = await self.joined_in_pty("--name", "bob", "--join", "r")
+        await wait_until(lambda: alice.has("* bob joined"), 5, "bob's join")
+        child.sendcontrol("c")
+        code, output = await exited(child)
+        self.assertEqual(code, EXIT_OK, output)
+        self.assertIn("leaving the room", output)
+        self.assertNotIn("Traceback", output)
+        await wait_until(lambda: alice.has("* bob left"), 5, "bob's leave")
+        self.assertNotIn("* bob left (timeout)", alice.lines)
+        alice.close_stdin()
+        await self.ended(alice)
+
+    async def test_ctrl_c_host(self) -> None:
+        """Ctrl-C by the host: its room closes for the others at once."""
+        child, expect = await self.joined_in_pty("--name", "alice", "--create", "r", "--capacity", "5")
+        bob = self.client("--name", "bob", "--join", "r")
+        await self.joined(bob)
+        child.sendcontrol("c")
+        code, output = await exited(child)
+        self.assertEqual(code, EXIT_OK, output)
+        await wait_until(lambda: bob.has("* room closed: the host left"), 5, "the room's close")
+        await self.ended(bob)
+        self.assertEqual(self.rooms.rooms, {})
+
+    async def test_sigterm(self) -> None:
+        """SIGTERM at the chat prompt: the same clean leave, exit 0."""
+        alice = self.client("--name", "alice", "--create", "r")
+        await self.joined(alice)
+        child, expect = await self.joined_in_pty("--name", "bob", "--join", "r")
+        await wait_until(lambda: alice.has("* bob joined"), 5, "bob's join")
+        child.kill(15)
+        code, output = await exited(child)
+        self.assertEqual(code, EXIT_OK, output)
+        self.assertIn("leaving the room", output)
+        await wait_until(lambda: alice.has("* bob left"), 5, "bob's leave")
+        alice.close_stdin()
+        await self.ended(alice)
 
 
 class PromptUITests(unittest.TestCase):

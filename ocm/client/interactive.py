@@ -8,12 +8,22 @@ non-ASCII input (C{héllo} became C{hllo}), and Japanese users come first.
 prompt_toolkit runs on asyncio, so Twisted runs on its asyncio reactor here:
 the loop is created and set, the reactor installed on it, and the main task
 started with C{loop.create_task} (a prompt started any other way hangs).
+
+Ctrl-C and SIGTERM leave the room cleanly.  At a prompt, Ctrl-C is a key
+that prompt_toolkit turns into C{KeyboardInterrupt}; it must be caught in
+the coroutine that awaits the prompt, because asyncio lets a
+C{KeyboardInterrupt} escaping a task out of the event loop itself (the
+reactor then never stopped: the process hung, ignoring SIGTERM).  Elsewhere,
+SIGINT and SIGTERM are our own handlers, not Twisted's (which stop the
+reactor without leaving).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
+import signal
 import sys
 from typing import Any, TextIO
 
@@ -44,6 +54,15 @@ class PromptUI(Frontend):
         self.stream = stream
         self._batch: list[str] = []
         self._writes: set[asyncio.Future[None]] = set()
+        #: Set while the chat prompt runs: Ctrl-C and SIGTERM then leave the room.
+        self.chatting = False
+        #: Set by L{interrupt}: the chat prompt stops waiting for a line.
+        self.stop_reading = asyncio.Event()
+
+    def interrupt(self, why: str) -> None:
+        """Leave at once (L{Frontend.interrupt}) and stop reading lines."""
+        super().interrupt(why)
+        self.stop_reading.set()
 
     def out(self, line: str) -> None:
         """Show one line (history dimmed) above the prompt, or at once if no prompt runs."""
@@ -98,12 +117,38 @@ async def ask(session: Any, question: str, default: str | None = None, password:
     return answer.strip() if answer.strip() or default is None else default
 
 
-async def interactive(args: argparse.Namespace) -> int:
+class Key(enum.Enum):
+    """What ended a prompt other than a line."""
+
+    #: Ctrl-D on an empty line.
+    EOF = "eof"
+    #: Ctrl-C.
+    INTERRUPT = "interrupt"
+
+
+async def read_line(prompts: Any) -> str | Key:
+    """
+    One line from the chat prompt, or the key that ended it: the prompt's
+    C{KeyboardInterrupt} must not escape this coroutine (see the module's
+    docstring).
+    """
+    try:
+        # is_password explicitly: a PromptSession keeps the arguments of its
+        # last prompt, and a join's last question was the password.
+        return await prompts.prompt_async("> ", is_password=False)  # type: ignore[no-any-return]
+    except EOFError:
+        return Key.EOF
+    except KeyboardInterrupt:
+        return Key.INTERRUPT
+
+
+async def interactive(args: argparse.Namespace, ui: PromptUI | None = None) -> int:
     """Ask, connect, chat; a refusal lets the person try again."""
     from prompt_toolkit import PromptSession
     from twisted.internet import reactor
 
     prompts: Any = PromptSession()
+    ui = ui or PromptUI()
     try:
         if args.host:
             host, port = args.host, args.port or 9000
@@ -120,7 +165,6 @@ async def interactive(args: argparse.Namespace) -> int:
         while not name:
             name = await ask(prompts, "your name")
         if args.lobby is not None:
-            ui = PromptUI()
             return await _chat_loop(prompts, ui, twisted(lobby(reactor, ui, host, args.lobby, name, args.timeout)))
         given = password_of(args)
         preset = (wire.OP_CREATE, args.create) if args.create else (wire.OP_JOIN, args.join) if args.join else None
@@ -161,7 +205,6 @@ async def interactive(args: argparse.Namespace) -> int:
                 name = ""
                 while not name:
                     name = await ask(prompts, "another name")
-        ui = PromptUI()
         ui.out("* type /help for commands")
         return await _chat_loop(prompts, ui, twisted(chat(reactor, ui, host, port, reply, room, name, password, args.rejoin, tls=tls, tcp_only=args.tcp_only)))
     except (EOFError, KeyboardInterrupt):
@@ -170,25 +213,35 @@ async def interactive(args: argparse.Namespace) -> int:
 
 async def _chat_loop(prompts: Any, ui: PromptUI, done: asyncio.Future[int]) -> int:
     """
-    Read lines into the session until it ends; Ctrl-D and Ctrl-C leave.
-    Every line the session printed (why it ended, last) is on the terminal
-    before this returns.
+    Read lines into the session until it ends.  Ctrl-D leaves once what was
+    typed is sent; Ctrl-C and SIGTERM leave at once (bounded: a rejoin under
+    way is abandoned after 2 s).  Every line the session printed (why it
+    ended, last) is on the terminal before this returns.
     """
-    typed: asyncio.Future[str] | None = None
+    ui.chatting = True
+    typed: asyncio.Future[str | Key] | None = None
     try:
         while not done.done():
-            # is_password explicitly: a PromptSession keeps the arguments of its
-            # last prompt, and a join's last question was the password.
-            typed = asyncio.ensure_future(prompts.prompt_async("> ", is_password=False))
-            waiting: set[asyncio.Future[Any]] = {typed, done}
+            typed = asyncio.ensure_future(read_line(prompts))
+            stop = asyncio.ensure_future(ui.stop_reading.wait())
+            waiting: set[asyncio.Future[Any]] = {typed, done, stop}
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
             if not typed.done():
                 break
-            try:
-                ui.line(typed.result())
-            except (EOFError, KeyboardInterrupt):
+            result = typed.result()
+            if result is Key.EOF:
                 ui.end_of_input()
                 break
+            if result is Key.INTERRUPT:
+                ui.interrupt("Ctrl-C")
+                break
+            ui.line(result)
+        if ui.interrupted:
+            finished, _ = await asyncio.wait({done}, timeout=2)
+            if not finished:
+                done.cancel()
+                return EXIT_OK
         return await done
     finally:
         # The lines above the prompt first, then the prompt goes (its last
@@ -210,13 +263,32 @@ def run_interactive(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
     code = [EXIT_ERROR]
+    ui = PromptUI()
+    tasks: list[asyncio.Task[None]] = []
 
     async def main() -> None:
         try:
-            code[0] = await interactive(args)
+            code[0] = await interactive(args, ui)
+        except asyncio.CancelledError:  # a signal before the chat
+            code[0] = EXIT_OK
         finally:
             reactor.stop()  # type: ignore[attr-defined]
 
-    reactor.callWhenRunning(lambda: loop.create_task(main()))  # type: ignore[attr-defined]
+    def stop(why: str) -> None:
+        # In the chat: leave the room (the session's end ends main()).
+        # Before it: end the questions and requests.
+        if ui.chatting:
+            ui.interrupt(why)
+        elif tasks:
+            tasks[0].cancel()
+
+    def start() -> None:
+        # Twisted's handlers (installed by now) would stop the reactor without
+        # leaving the room; ours run on the reactor's thread, as Twisted's do.
+        signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(stop, "Ctrl-C"))  # type: ignore[attr-defined]
+        signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(stop, "terminated"))  # type: ignore[attr-defined]
+        tasks.append(loop.create_task(main()))
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return code[0]

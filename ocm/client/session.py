@@ -247,7 +247,9 @@ class ChatSession(_Session):
         self._message(wire.WHO)
 
     def leave(self) -> None:
-        """Tell the relay we leave; end with success."""
+        """Tell the relay we leave; end with success (once: an ended session says nothing more)."""
+        if self.ended.called:
+            return
         self._message(wire.LEAVE)
         self.end(Ending(EXIT_OK))
 

@@ -18,7 +18,8 @@ from twisted.trial import unittest
 
 from ocm import wire
 from ocm.client.flows import Frontend
-from ocm.client.session import EXIT_CLOSED, EXIT_OK, ChatSession, Ending
+from ocm.client import render
+from ocm.client.session import EXIT_CLOSED, EXIT_OK, EXIT_REFUSED, ChatSession, Ending
 from ocm.client.tunnel import no_delay
 from tests.helpers import FakeDatagramTransport, sleep, wait_until
 from tests.test_client_end_to_end import ClientCase
@@ -258,3 +259,31 @@ class EndingTests(ClientCase):
         code, output = await exited(child)
         self.assertEqual(code, EXIT_CLOSED, output)
         self.assertIn("room closed: the host left", output)
+
+
+class RefusalTests(unittest.TestCase):
+    """TCRP refusals in the server's own words where only the server knows why."""
+
+    def test_503_says_why(self) -> None:
+        """A 503 shows the server's message (Redis down, a limit), not always 'the server is full'."""
+        redis = "the room registry (Redis) is unreachable; try again shortly"
+        self.assertEqual(render.refusal(wire.OP_JOIN, "x", 503, redis), redis)
+        self.assertEqual(render.refusal(wire.OP_CREATE, "x", 503, "the server is at its room limit"), "the server is at its room limit")
+        self.assertEqual(render.refusal(wire.OP_JOIN, "x", 503, "room 'x' is full"), "room is full")
+        self.assertEqual(render.refusal(wire.OP_JOIN, "x", 503, ""), "the server is busy; try again later")
+
+
+class RoomLimitTests(ClientCase):
+    """A server at its room limit."""
+
+    server_args = ["--max-rooms", "1"]
+
+    async def test_503_message(self) -> None:
+        """The scripted client prints the server's reason for a 503 and exits 3."""
+        alice = self.client("--name", "alice", "--create", "one")
+        await self.joined(alice)
+        bob = self.client("--name", "bob", "--create", "two")
+        self.assertEqual(await self.ended(bob), EXIT_REFUSED)
+        self.assertEqual(bob.lines, ["error: the server is at its room limit"])
+        alice.close_stdin()
+        await self.ended(alice)

@@ -73,7 +73,10 @@ def refusal(operation: int, room: str, status: int, message: str) -> str:
     if status == 409:
         return f"a room named {room!r} already exists" if operation == wire.OP_CREATE else "that name is taken in this room"
     if status == 503:
-        return "room is full" if "is full" in message else "the server is full; try again later"
+        # Only the server knows why (a room or member limit, Redis down): its own words.
+        if "is full" in message:
+            return "room is full"
+        return message or "the server is busy; try again later"
     if status == 429:
         return "too many attempts; wait a minute and try again"
     return f"the server refused the request ({status}: {message})"

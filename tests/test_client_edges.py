@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -19,7 +20,7 @@ from twisted.trial import unittest
 from ocm import wire
 from ocm.client.flows import Frontend
 from ocm.client import render
-from ocm.client.session import EXIT_CLOSED, EXIT_OK, EXIT_REFUSED, ChatSession, Ending
+from ocm.client.session import EXIT_CLOSED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, ChatSession, Ending
 from ocm.client.tunnel import no_delay
 from tests.helpers import FakeDatagramTransport, sleep, wait_until
 from tests.test_client_end_to_end import ClientCase
@@ -75,6 +76,11 @@ class ImportTests(unittest.TestCase):
         self.assertIs(beneath.no_delay, True)
         no_delay(FakeTCP(fails=True))
         no_delay(object())
+
+
+def plain(output: str) -> str:
+    """Terminal output without its escape sequences."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
 
 
 async def exited(child: Any, timeout: float = 5.0) -> tuple[int | None, str]:
@@ -287,3 +293,46 @@ class RoomLimitTests(ClientCase):
         self.assertEqual(bob.lines, ["error: the server is at its room limit"])
         alice.close_stdin()
         await self.ended(alice)
+
+
+class BadFileTests(ClientCase):
+    """A file named on the command line that cannot be used: one line, exit 2, no traceback."""
+
+    def write(self, data: bytes) -> str:
+        """A temporary file holding C{data}; its absolute path."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    async def refused(self, *args: str) -> list[str]:
+        """Run the scripted client with C{args}: it must exit 2 with nothing on standard error."""
+        proc = self.client("--name", "alice", "--create", "r", *args)
+        self.assertEqual(await self.ended(proc), EXIT_USAGE, proc.err)
+        self.assertEqual(proc.err, b"")
+        return proc.lines
+
+    async def test_ca_missing(self) -> None:
+        """--ca naming no file."""
+        missing = os.path.abspath(self.mktemp())
+        self.assertEqual(await self.refused("--tls", "--ca", missing), [f"error: --ca {missing}: No such file or directory"])
+
+    async def test_ca_not_pem(self) -> None:
+        """--ca naming a file that is not a PEM certificate, or a broken one."""
+        path = self.write(b"not a certificate\n")
+        self.assertEqual(await self.refused("--tls", "--ca", path), [f"error: --ca {path}: not a PEM certificate"])
+        path = self.write(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        self.assertEqual(await self.refused("--tls", "--ca", path), [f"error: --ca {path}: not a PEM certificate"])
+
+    async def test_password_file_missing(self) -> None:
+        """--password-file naming no file."""
+        missing = os.path.abspath(self.mktemp())
+        self.assertEqual(await self.refused("--password-file", missing), [f"error: --password-file {missing}: No such file or directory"])
+
+    async def test_ca_missing_interactive(self) -> None:
+        """The interactive client says the same in one line, exits 2."""
+        missing = os.path.abspath(self.mktemp())
+        child, _ = self.pty_client("--host", "127.0.0.1", "--name", "alice", "--create", "r", "--tls", "--ca", missing)
+        code, output = await exited(child, 10)
+        self.assertEqual(code, EXIT_USAGE, output)
+        self.assertEqual(plain(output).strip().splitlines(), [f"error: --ca {missing}: No such file or directory"])

@@ -30,9 +30,9 @@ from typing import Any, TextIO
 from ocm import wire
 from ocm.client import render
 from ocm.client.flows import Frontend, chat, list_rooms, lobby, open_room, resolve
-from ocm.client.options import parse_server, password_of, tls_of
+from ocm.client.options import BadOption, parse_server, password_of, tls_of
 from ocm.client.requests import RequestFailed
-from ocm.client.session import EXIT_ERROR, EXIT_OK
+from ocm.client.session import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 
 
 class PromptUI(Frontend):
@@ -209,6 +209,9 @@ async def interactive(args: argparse.Namespace, ui: PromptUI | None = None) -> i
         return await _chat_loop(prompts, ui, twisted(chat(reactor, ui, host, port, reply, room, name, password, args.rejoin, tls=tls, tcp_only=args.tcp_only)))
     except (EOFError, KeyboardInterrupt):
         return EXIT_OK
+    except BadOption as e:
+        print(f"error: {e}")
+        return EXIT_USAGE
 
 
 async def _chat_loop(prompts: Any, ui: PromptUI, done: asyncio.Future[int]) -> int:

@@ -17,6 +17,10 @@ server and could not rejoin, 6 no reply over UDP.
 """
 
 
+class BadOption(Exception):
+    """A file a flag names cannot be used; the message is one line, for the user."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The client's command line."""
     parser = argparse.ArgumentParser(
@@ -54,10 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def password_of(args: argparse.Namespace) -> str | None:
-    """The password from --password-file, OCM_PASSWORD or --password; None if none given."""
+    """
+    The password from --password-file, OCM_PASSWORD or --password; None if
+    none given.  Raises L{BadOption} if the file cannot be read.
+    """
     if args.password_file:
-        with open(args.password_file, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise BadOption(f"--password-file {args.password_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise BadOption(f"--password-file {args.password_file}: not UTF-8 text") from None
     if "OCM_PASSWORD" in os.environ:
         return os.environ["OCM_PASSWORD"]
     return args.password  # type: ignore[no-any-return]
@@ -87,11 +99,25 @@ def tls_of(args: argparse.Namespace, host: str, out: Callable[[str], None]) -> A
     """
     Secure mode's TLS for C{host} (the name the user gave, which the
     certificate must name), or None without --tls; --insecure says so.
+    Raises L{BadOption} if the --ca file cannot be read or holds no PEM
+    certificate.
     """
     if not args.tls:
         return None
-    from ocm.tls import client_tls
+    from OpenSSL.crypto import Error as OpenSSLError
+
+    from ocm.tls import client_tls, pem_certificates
 
     if args.insecure:
         out("* --insecure: the server's certificate is NOT checked; anyone on the path can read and join")
-    return client_tls(host, args.ca, args.insecure)
+    if args.ca:
+        try:
+            with open(args.ca, "rb") as f:
+                if not pem_certificates(f.read()):
+                    raise BadOption(f"--ca {args.ca}: not a PEM certificate")
+        except OSError as e:
+            raise BadOption(f"--ca {args.ca}: {e.strerror}") from None
+    try:
+        return client_tls(host, args.ca, args.insecure)
+    except OpenSSLError:  # a PEM block that does not decode
+        raise BadOption(f"--ca {args.ca}: not a PEM certificate") from None

@@ -182,6 +182,43 @@ class FrontendInterruptTests(SessionCase):
         self.assertEqual(self.sent(), [])
 
 
+class CommandTests(SessionCase):
+    """Lines that start with / and a letter are commands, never chat."""
+
+    def test_unknown_command(self) -> None:
+        """An unknown /command is not sent; the line says so and names the commands."""
+        self.welcome()
+        self.transport.clear()
+        self.session.line("/shrug at you")
+        self.session.line("/WHOO")
+        self.assertEqual(self.sent(), [])
+        self.assertEqual(len(self.ui.lines), 3)
+        self.assertTrue(self.ui.lines[1].startswith("* unknown command /shrug (not sent); commands: "), self.ui.lines[1])
+        self.assertIn("/help", self.ui.lines[1])
+        self.assertTrue(self.ui.lines[2].startswith("* unknown command /whoo (not sent)"), self.ui.lines[2])
+
+    def test_known_commands(self) -> None:
+        """/who, /help, /leave and /quit work as before, in any case and with spaces around."""
+        self.welcome()
+        self.transport.clear()
+        self.session.line("/who")
+        self.session.line("  /WHO  ")
+        self.session.line("/help")
+        self.assertEqual(self.sent(), [wire.WHO, wire.WHO])
+        self.assertTrue(any("/leave" in line for line in self.ui.lines))
+        self.session.line("/quit")
+        self.assertEqual(self.sent(), [wire.WHO, wire.WHO, wire.LEAVE])
+        self.assertEqual(self.endings, [Ending(EXIT_OK)])
+
+    def test_not_commands(self) -> None:
+        """A / not followed by a letter is chat, sent as typed (as before)."""
+        self.welcome()
+        self.transport.clear()
+        for text in ("//shrug", "/ hi", "/1", "/", "a /who in the middle"):
+            self.session.line(text)
+        self.assertEqual(self.sent(), [b"//shrug", b"/ hi", b"/1", b"/", b"a /who in the middle"])
+
+
 class InterruptTests(ClientCase):
     """Ctrl-C and SIGTERM at the interactive chat prompt leave the room."""
 
@@ -336,3 +373,22 @@ class BadFileTests(ClientCase):
         code, output = await exited(child, 10)
         self.assertEqual(code, EXIT_USAGE, output)
         self.assertEqual(plain(output).strip().splitlines(), [f"error: --ca {missing}: No such file or directory"])
+
+
+class ScriptedCommandTests(ClientCase):
+    """Commands in the scripted client, end to end."""
+
+    async def test_unknown_command_not_sent(self) -> None:
+        """An unknown /command never reaches the room; the line after it does."""
+        alice = self.client("--name", "alice", "--create", "r")
+        await self.joined(alice)
+        bob = self.client("--name", "bob", "--join", "r")
+        await self.joined(bob)
+        alice.send("/shrug")
+        alice.send("after")
+        await wait_until(lambda: any(line.endswith(" alice: after") for line in bob.lines), 5, "the chat line")
+        self.assertFalse(bob.has("shrug"), bob.lines)
+        await wait_until(lambda: alice.has("* unknown command /shrug (not sent)"), 5, "the unknown command line")
+        bob.close_stdin()
+        alice.close_stdin()
+        self.assertEqual(await self.ended(alice), EXIT_OK)

@@ -95,6 +95,15 @@ def room_list(rooms: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+#: The commands, in the order /help lists them.
+COMMANDS = ["who", "leave", "quit", "help"]
+
+
+def unknown_command(name: str) -> str:
+    """What an unknown C{/name} gets: not sent, and what the commands are."""
+    return f"* unknown command /{name} (not sent); commands: {', '.join('/' + c for c in COMMANDS)}"
+
+
 HELP = [
     "* type a message and press Enter to send it",
     "* /who      list the members of the room",

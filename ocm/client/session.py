@@ -77,17 +77,28 @@ class _Session(DatagramProtocol):
             self.ended.callback(ending)
 
     def line(self, text: str) -> None:
-        """One line of input: a command or a message."""
-        command = text.strip()
-        if command in ("/leave", "/quit"):
-            self.leave()
-        elif command == "/help":
-            for line in render.HELP:
-                self.out(line)
-        elif command == "/who":
-            self.who()
+        """
+        One line of input: a command if it starts with C{/} and a letter
+        (never sent as chat, even unknown), else a message, sent as typed.
+        """
+        stripped = text.strip()
+        if stripped[:1] == "/" and stripped[1:2].isalpha():
+            word, *rest = stripped[1:].split(None, 1)
+            self.command(word.lower(), rest[0] if rest else "")
         elif text:
             self.say(text)
+
+    def command(self, name: str, rest: str) -> None:
+        """Run C{/name rest}; an unknown command is said to be so."""
+        if name in ("leave", "quit"):
+            self.leave()
+        elif name == "help":
+            for line in render.HELP:
+                self.out(line)
+        elif name == "who":
+            self.who()
+        else:
+            self.out(render.unknown_command(name))
 
     def who(self) -> None:
         """Ask for the member list."""

@@ -316,6 +316,44 @@ class RefusalTests(unittest.TestCase):
         self.assertEqual(render.refusal(wire.OP_JOIN, "x", 503, ""), "the server is busy; try again later")
 
 
+class HistoryGrantTests(unittest.TestCase):
+    """What the creator is told about the history it asked for (the create answer's optional 'history')."""
+
+    def test_granted(self) -> None:
+        """The server's granted count, as given; none when the answer has no count or 0."""
+        self.assertIsNone(render.history_granted(None, {"status": 200}))
+        self.assertIsNone(render.history_granted(0, {"status": 200}))
+        self.assertEqual(render.history_granted(20, {"status": 200, "history": 20}), "* the server keeps the last 20 messages for newcomers")
+        self.assertEqual(render.history_granted(200, {"status": 200, "history": 50}), "* history: asked for 200 messages; the server keeps the last 50 messages")
+        none = "* history: asked for 5 messages; this server keeps no history (only a server started with --max-history does)"
+        self.assertEqual(render.history_granted(5, {"status": 200}), none)
+        self.assertEqual(render.history_granted(5, {"status": 200, "history": 0}), none)
+        self.assertEqual(render.history_granted(5, {"status": 200, "history": "lots"}), none)
+        self.assertEqual(render.history_granted(1, {"status": 200, "history": 1}), "* the server keeps the last message for newcomers")
+
+    def test_negative(self) -> None:
+        """--history below 0 is a usage error."""
+        from ocm.client.options import parse_args
+
+        self.patch(sys, "stderr", io.StringIO())
+        self.assertRaises(SystemExit, parse_args, ["--history", "-1"])
+        self.assertEqual(parse_args(["--history", "0"]).history, 0)
+
+
+class PlainServerHistoryTests(ClientCase):
+    """A server without --max-history."""
+
+    async def test_history_not_kept(self) -> None:
+        """--history N at create: the creator is told this server keeps none."""
+        alice = self.client("--name", "alice", "--create", "r", "--history", "5")
+        await self.joined(alice)
+        self.assertIn(
+            "* history: asked for 5 messages; this server keeps no history (only a server started with --max-history does)", alice.lines
+        )
+        alice.close_stdin()
+        self.assertEqual(await self.ended(alice), EXIT_OK)
+
+
 class RoomLimitTests(ClientCase):
     """A server at its room limit."""
 

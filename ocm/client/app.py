@@ -95,6 +95,10 @@ async def _scripted(reactor: Any, args: argparse.Namespace, ui: ScriptedIO) -> i
     if reply.status != 200:
         ui.out(f"error: {render.refusal(operation, room, reply.status, reply.message)}")
         return EXIT_REFUSED
+    if operation == wire.OP_CREATE:
+        granted = render.history_granted(args.history, reply.fields)
+        if granted:
+            ui.out(granted)
     return await chat(reactor, ui, host, port, reply, room, args.name, password, args.rejoin, tls=tls, tcp_only=args.tcp_only)
 
 

@@ -205,6 +205,9 @@ async def interactive(args: argparse.Namespace, ui: PromptUI | None = None) -> i
                 name = ""
                 while not name:
                     name = await ask(prompts, "another name")
+        granted = render.history_granted(args.history, reply.fields) if operation == wire.OP_CREATE else None
+        if granted:
+            ui.out(granted)
         ui.out("* type /help for commands")
         return await _chat_loop(prompts, ui, twisted(chat(reactor, ui, host, port, reply, room, name, password, args.rejoin, tls=tls, tcp_only=args.tcp_only)))
     except (EOFError, KeyboardInterrupt):

@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.capacity is not None and args.capacity < 1:
         parser.error("--capacity must be at least 1")
+    if args.history is not None and args.history < 0:
+        parser.error("--history must be at least 0")
     if (args.ca or args.insecure) and not args.tls:
         parser.error("--ca and --insecure go with --tls")
     if args.ca and args.insecure:

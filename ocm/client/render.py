@@ -82,6 +82,23 @@ def refusal(operation: int, room: str, status: int, message: str) -> str:
     return f"the server refused the request ({status}: {message})"
 
 
+def history_granted(asked: int | None, answer: dict[str, Any]) -> str | None:
+    """
+    What a creator who asked for C{asked} messages of history is told, from
+    the create answer's C{history} (the count the server keeps, docs/reach.rst;
+    absent or 0: none).  None if it asked for none.
+    """
+    if not asked:
+        return None
+    granted = answer.get("history")
+    if not isinstance(granted, int) or isinstance(granted, bool) or granted <= 0:
+        return f"* history: asked for {asked} messages; this server keeps no history (only a server started with --max-history does)"
+    kept = "the last message" if granted == 1 else f"the last {granted} messages"
+    if granted < asked:
+        return f"* history: asked for {asked} messages; the server keeps {kept}"
+    return f"* the server keeps {kept} for newcomers"
+
+
 def room_list(rooms: list[dict[str, Any]]) -> list[str]:
     """The room list, one line a room."""
     if not rooms:

@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from ocm import wire
 from ocm.client.flows import Frontend
 from ocm.client import render
-from ocm.client.session import EXIT_CLOSED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, ChatSession, Ending
+from ocm.client.session import EXIT_CLOSED, EXIT_NO_UDP, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, ChatSession, Ending
 from ocm.client.tunnel import no_delay
 from tests.helpers import FakeDatagramTransport, sleep, wait_until
 from tests.test_client_end_to_end import ClientCase
@@ -149,6 +149,50 @@ class SessionCase(unittest.TestCase):
     def welcome(self, **fields: Any) -> None:
         """The relay welcomes alice."""
         self.notice("welcome", **{"room": "r", "user": "alice", "host": "alice", "members": ["alice"], **fields})
+
+
+NO_TUNNEL = "the server does not offer a TCP tunnel (a server started with --tunnel does); chat without --tcp-only"
+
+
+class TunnelRefusalTests(SessionCase):
+    """How a session tells a refused tunnel."""
+
+    def refusing(self, status: int, message: str) -> Any:
+        """A tunnel opener that the server refuses with C{status}."""
+        from twisted.internet import defer
+
+        from ocm.client.tunnel import TunnelRefused
+
+        def open_tunnel() -> defer.Deferred[Any]:
+            return defer.fail(TunnelRefused(status, message))
+
+        return open_tunnel
+
+    def session_with(self, opener: Any, tcp_only: bool) -> list[Ending]:
+        """A session that opens its tunnel with C{opener}; how it ends."""
+        endings: list[Ending] = []
+        session = ChatSession(self.clock, SERVER, "r", "alice", TOKEN, 30, self.ui.out, tunnel=opener, tcp_only=tcp_only)
+        session.ended.addCallback(endings.append)
+        session.makeConnection(self.transport)  # type: ignore[arg-type]
+        return endings
+
+    def test_tcp_only_no_tunnel(self) -> None:
+        """--tcp-only, a server without --tunnel (400 unknown operation): no word of UDP; refused."""
+        endings = self.session_with(self.refusing(400, "unknown operation 4"), tcp_only=True)
+        self.assertEqual(endings, [Ending(EXIT_REFUSED, NO_TUNNEL)])
+
+    def test_tcp_only_other_refusal(self) -> None:
+        """--tcp-only, another refusal: its status and message."""
+        endings = self.session_with(self.refusing(429, "slow down"), tcp_only=True)
+        self.assertEqual(endings, [Ending(EXIT_REFUSED, "the server refused the TCP tunnel (429: slow down)")])
+
+    def test_udp_silent_no_tunnel(self) -> None:
+        """UDP got no reply, and the server has no tunnel to fall back on."""
+        endings = self.session_with(self.refusing(400, "unknown operation 4"), tcp_only=False)
+        self.clock.pump([0.5] * 10)
+        self.assertEqual(
+            endings, [Ending(EXIT_NO_UDP, "no reply over UDP from 127.0.0.1:9001, and the server does not offer a TCP tunnel; is UDP blocked?")]
+        )
 
 
 class FrontendInterruptTests(SessionCase):
@@ -352,6 +396,20 @@ class PlainServerHistoryTests(ClientCase):
         )
         alice.close_stdin()
         self.assertEqual(await self.ended(alice), EXIT_OK)
+
+
+class NoTunnelTests(ClientCase):
+    """--tcp-only against a server without --tunnel."""
+
+    async def test_tcp_only_refused(self) -> None:
+        """Says the server offers no TCP tunnel (UDP was never tried), exits 3 (refused)."""
+        alice = self.client("--name", "alice", "--create", "r")
+        await self.joined(alice)
+        bob = self.client("--name", "bob", "--join", "r", "--tcp-only")
+        self.assertEqual(await self.ended(bob), EXIT_REFUSED)
+        self.assertEqual(bob.lines, ["* chatting through TCP (--tcp-only)", NO_TUNNEL])
+        alice.close_stdin()
+        await self.ended(alice)
 
 
 class RoomLimitTests(ClientCase):

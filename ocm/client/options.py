@@ -11,9 +11,10 @@ from typing import Any
 
 EPILOG = """\
 exit status: 0 left normally, 1 cannot reach the server, 2 usage,
-3 refused by the server (wrong password, no such room, name taken, full),
-4 the room closed (host left or server shutdown), 5 disconnected by the
-server and could not rejoin, 6 no reply over UDP.
+3 refused by the server (wrong password, no such room, name taken, full;
+with --tcp-only, no TCP tunnel), 4 the room closed (host left or server
+shutdown), 5 disconnected by the server and could not rejoin, 6 no reply
+over UDP (and no TCP tunnel to fall back on).
 """
 
 

@@ -15,6 +15,7 @@ from twisted.internet.protocol import DatagramProtocol
 from ocm import wire
 from ocm.sealing import OVERHEAD, Channel
 from ocm.client import render
+from ocm.client.tunnel import TunnelRefused
 
 # Exit codes of python -m ocm.client (documented in the README).
 EXIT_OK = 0
@@ -203,8 +204,17 @@ class ChatSession(_Session):
             self._say_hello()
 
         def failed(failure: Any) -> None:
+            refused = failure.value if isinstance(failure.value, TunnelRefused) else None
             host, port = self.server
-            self.end(Ending(EXIT_NO_UDP, f"no reply over UDP from {host}:{port}, and no TCP tunnel: {failure.getErrorMessage()}"))
+            if not self.tcp_only:  # UDP was tried first, and got no reply
+                why = "the server does not offer a TCP tunnel" if refused and refused.no_tunnel else f"no TCP tunnel: {failure.getErrorMessage()}"
+                self.end(Ending(EXIT_NO_UDP, f"no reply over UDP from {host}:{port}, and {why}; is UDP blocked?"))
+            elif refused and refused.no_tunnel:
+                self.end(Ending(EXIT_REFUSED, "the server does not offer a TCP tunnel (a server started with --tunnel does); chat without --tcp-only"))
+            elif refused:
+                self.end(Ending(EXIT_REFUSED, failure.getErrorMessage()))
+            else:
+                self.end(Ending(EXIT_ERROR, f"no TCP tunnel: {failure.getErrorMessage()}"))
 
         defer.ensureDeferred(self.open_tunnel()).addCallbacks(opened, failed)  # type: ignore[arg-type]
 

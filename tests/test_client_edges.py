@@ -23,7 +23,7 @@ from ocm.client import render
 from ocm.client.session import EXIT_CLOSED, EXIT_NO_UDP, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, ChatSession, Ending
 from ocm.client.tunnel import no_delay
 from tests.helpers import FakeDatagramTransport, sleep, wait_until
-from tests.test_client_end_to_end import ClientCase
+from tests.test_client_end_to_end import ClientCase, answer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,6 +81,20 @@ class ImportTests(unittest.TestCase):
 def plain(output: str) -> str:
     """Terminal output without its escape sequences."""
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
+
+
+async def drained(child: Any) -> str:
+    """What a pexpect child has written that no C{expect} consumed, without waiting."""
+    import pexpect
+
+    seen = [child.buffer]
+    child.buffer = ""
+    try:
+        while True:
+            seen.append(child.read_nonblocking(4096, timeout=0))
+    except (pexpect.TIMEOUT, pexpect.EOF):
+        pass
+    return "".join(seen)
 
 
 async def exited(child: Any, timeout: float = 5.0) -> tuple[int | None, str]:
@@ -488,3 +502,50 @@ class ScriptedCommandTests(ClientCase):
         bob.close_stdin()
         alice.close_stdin()
         self.assertEqual(await self.ended(alice), EXIT_OK)
+
+
+class PasswordPromptTests(ClientCase):
+    """The password prompt echoes nothing, as the README says."""
+
+    async def test_no_echo(self) -> None:
+        """Neither the typed characters nor asterisks appear, and the cursor stays put; the password works."""
+        host = self.client("--name", "host", "--create", "r", env={"OCM_PASSWORD": "sesame合言葉"})
+        await self.joined(host)
+        child, expect = self.pty_client("--host", "127.0.0.1", "--name", "guest", "--join", "r")
+        await expect("password")
+        await sleep(0.3)
+        await drained(child)  # the prompt, drawn
+        child.send("sesame合言葉")
+        await sleep(0.5)
+        typed = await drained(child)
+        self.assertNotIn("*", typed)
+        self.assertNotIn("sesame", typed)
+        self.assertNotIn("合", typed)
+        self.assertIsNone(re.search(r"\x1b\[\d*C", typed), f"the cursor moved: {typed!r}")
+        child.sendline("")
+        await expect("joined room")
+        child.send("visible")
+        await expect("visible")  # the chat prompt echoes again
+        child.sendline("")
+        await wait_until(lambda: any(line.endswith("guest: visible") for line in host.lines), 5, "the chat line")
+        child.sendcontrol("d")
+        code, output = await exited(child)
+        self.assertEqual(code, EXIT_OK, output)
+        host.close_stdin()
+        await self.ended(host)
+
+    async def test_no_echo_after_refusal(self) -> None:
+        """A wrong password, then the right one: neither is shown."""
+        host = self.client("--name", "host", "--create", "r", env={"OCM_PASSWORD": "right"})
+        await self.joined(host)
+        child, expect = self.pty_client("--host", "127.0.0.1", "--name", "guest", "--join", "r")
+        await answer(child, expect, ("password", "wrong"))
+        await expect("wrong password; try again")
+        await answer(child, expect, ("create, join or list", "j"), ("room name", "r"), ("password", "right"))
+        await expect("joined room")
+        seen = (child.before or "") + await drained(child)
+        self.assertNotIn("right", plain(seen).replace("wrong password", ""))
+        child.sendcontrol("d")
+        await exited(child)
+        host.close_stdin()
+        await self.ended(host)

@@ -110,10 +110,31 @@ def twisted(coro: Any) -> asyncio.Future[Any]:
     return defer.Deferred.fromCoroutine(coro).asFuture(asyncio.get_event_loop())
 
 
+def hidden() -> Any:
+    """
+    A prompt_toolkit input processor that shows nothing of the typed text,
+    not even its length (the cursor stays put), as C{getpass} does.
+    (C{is_password} shows one C{*} a character.)
+    """
+    from prompt_toolkit.layout.processors import Processor, Transformation, TransformationInput
+
+    class Hidden(Processor):
+        """Nothing shown; every position of the line maps to the prompt's end."""
+
+        def apply_transformation(self, transformation_input: TransformationInput) -> Transformation:
+            return Transformation([], source_to_display=lambda i: 0, display_to_source=lambda i: 0)
+
+    return Hidden()
+
+
 async def ask(session: Any, question: str, default: str | None = None, password: bool = False) -> str:
-    """Ask one question; an empty answer takes the default."""
+    """
+    Ask one question; an empty answer takes the default.  A password is not
+    echoed at all.  (Every prompt names its processors: a PromptSession keeps
+    the arguments of its last prompt.)
+    """
     suffix = f" [{default}]" if default else ""
-    answer = await session.prompt_async(f"{question}{suffix}: ", is_password=password)
+    answer = await session.prompt_async(f"{question}{suffix}: ", is_password=False, input_processors=[hidden()] if password else [])
     return answer.strip() if answer.strip() or default is None else default
 
 
@@ -133,9 +154,9 @@ async def read_line(prompts: Any) -> str | Key:
     docstring).
     """
     try:
-        # is_password explicitly: a PromptSession keeps the arguments of its
-        # last prompt, and a join's last question was the password.
-        return await prompts.prompt_async("> ", is_password=False)  # type: ignore[no-any-return]
+        # The processors explicitly: a PromptSession keeps the arguments of
+        # its last prompt, and a join's last question was the password.
+        return await prompts.prompt_async("> ", is_password=False, input_processors=[])  # type: ignore[no-any-return]
     except EOFError:
         return Key.EOF
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """
 The client's side of SPEC section 7 (liveness, private messages, governing
 a room): the commands as control datagrams, the notices and refusals in
-plain words, /help.  The server does not implement section 7 yet, so the
-session and rendering are driven with a Clock and a fake transport.
+plain words, /help, Tab completion.  The server does not implement section
+7 yet, so the session and rendering are driven with a Clock and a fake
+transport; only completion runs end to end (in a pseudo-terminal).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from twisted.trial import unittest
 
 from ocm import wire
 from ocm.client import render
-from ocm.client.session import EXIT_DISCONNECTED, Ending, LobbySession
-from tests.helpers import FakeDatagramTransport
-from tests.test_client_edges import SERVER, Lines, SessionCase
+from ocm.client.session import EXIT_DISCONNECTED, EXIT_OK, Ending, LobbySession
+from tests.helpers import FakeDatagramTransport, wait_until
+from tests.test_client_edges import SERVER, Lines, SessionCase, exited
+from tests.test_client_end_to_end import ClientCase
 
 
 class CommandDatagramTests(SessionCase):
@@ -259,3 +261,54 @@ class HelpTests(SessionCase):
         self.assertEqual(transport.written, [])
         self.assertEqual(lines.lines[1], "* /msg is not available here")
         self.assertNotIn("/kick", "\n".join(lines.lines))
+
+
+class CompletionTests(SessionCase):
+    """Tab completion: command names, and members' names where a command takes USER."""
+
+    def test_commands(self) -> None:
+        """After /: the commands that start so."""
+        self.assertEqual(self.session.completions("/ki"), [("/kick ", -3)])
+        self.assertEqual(self.session.completions("/u"), [("/unmute ", -2), ("/unlock ", -2)])
+        self.assertEqual(len(self.session.completions("/")), len(render.COMMANDS))
+        self.assertEqual(self.session.completions("hello /ki"), [])
+
+    def test_members(self) -> None:
+        """USER: the other members, as the notices told; never TEXT."""
+        self.welcome(members=["alice", "bob", "bea", "carol"])
+        self.notice("join", user="bernd")
+        self.notice("leave", user="carol", reason="left")
+        self.assertEqual(self.session.completions("/msg b"), [("bob ", -1), ("bea ", -1), ("bernd ", -1)])
+        self.assertEqual(self.session.completions("/kick "), [("bob", 0), ("bea", 0), ("bernd", 0)])
+        self.assertEqual(self.session.completions("/msg bob he"), [])
+        self.assertEqual(self.session.completions("/topic b"), [])
+        self.assertEqual(self.session.completions("/msg a"), [])  # not ourselves
+
+    def test_lobby(self) -> None:
+        """The lobby completes its own commands only."""
+        session = LobbySession(self.clock, SERVER, "ゆう", Lines().out, timeout=3)
+        self.assertEqual(session.completions("/"), [("/leave ", -1), ("/quit ", -1), ("/help ", -1)])
+        self.assertEqual(session.completions("/msg b"), [])
+
+
+class CompletionInTerminalTests(ClientCase):
+    """Tab at the interactive chat prompt."""
+
+    async def test_tab(self) -> None:
+        """/ms and Tab gives /msg; al and Tab gives alice."""
+        alice = self.client("--name", "alice", "--create", "r")
+        await self.joined(alice)
+        child, expect = self.pty_client("--host", "127.0.0.1", "--password", "", "--name", "bob", "--join", "r")
+        await expect("joined room")
+        await expect(">")
+        child.send("/ms\t")
+        await expect("/msg")
+        child.send("al\t")
+        await expect("alice")
+        child.sendline("psst")
+        child.sendcontrol("d")
+        code, output = await exited(child)
+        self.assertEqual(code, EXIT_OK, output)
+        await wait_until(lambda: alice.has("* bob left"), 5, "bob's leave")
+        alice.close_stdin()
+        await self.ended(alice)

@@ -127,6 +127,24 @@ def hidden() -> Any:
     return Hidden()
 
 
+def completer(ui: Frontend) -> Any:
+    """Tab completion at the chat prompt: the session's commands and member names (L{_Session.completions})."""
+    from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+    from prompt_toolkit.document import Document
+
+    class ChatCompleter(Completer):
+        """Asks the session attached to C{ui}, if any."""
+
+        def get_completions(self, document: Document, complete_event: CompleteEvent) -> Any:
+            session = ui.session
+            if session is None:
+                return
+            for text, start in session.completions(document.text_before_cursor):
+                yield Completion(text, start_position=start)
+
+    return ChatCompleter()
+
+
 async def ask(session: Any, question: str, default: str | None = None, password: bool = False) -> str:
     """
     Ask one question; an empty answer takes the default.  A password is not
@@ -134,7 +152,7 @@ async def ask(session: Any, question: str, default: str | None = None, password:
     the arguments of its last prompt.)
     """
     suffix = f" [{default}]" if default else ""
-    answer = await session.prompt_async(f"{question}{suffix}: ", is_password=False, input_processors=[hidden()] if password else [])
+    answer = await session.prompt_async(f"{question}{suffix}: ", is_password=False, input_processors=[hidden()] if password else [], completer=None)
     return answer.strip() if answer.strip() or default is None else default
 
 
@@ -147,7 +165,7 @@ class Key(enum.Enum):
     INTERRUPT = "interrupt"
 
 
-async def read_line(prompts: Any) -> str | Key:
+async def read_line(prompts: Any, completion: Any = None) -> str | Key:
     """
     One line from the chat prompt, or the key that ended it: the prompt's
     C{KeyboardInterrupt} must not escape this coroutine (see the module's
@@ -156,7 +174,10 @@ async def read_line(prompts: Any) -> str | Key:
     try:
         # The processors explicitly: a PromptSession keeps the arguments of
         # its last prompt, and a join's last question was the password.
-        return await prompts.prompt_async("> ", is_password=False, input_processors=[])  # type: ignore[no-any-return]
+        # Completion on Tab only (a menu popping up under every / line distracts).
+        return await prompts.prompt_async(  # type: ignore[no-any-return]
+            "> ", is_password=False, input_processors=[], completer=completion, complete_while_typing=False
+        )
     except EOFError:
         return Key.EOF
     except KeyboardInterrupt:
@@ -247,9 +268,10 @@ async def _chat_loop(prompts: Any, ui: PromptUI, done: asyncio.Future[int]) -> i
     """
     ui.chatting = True
     typed: asyncio.Future[str | Key] | None = None
+    completion = completer(ui)
     try:
         while not done.done():
-            typed = asyncio.ensure_future(read_line(prompts))
+            typed = asyncio.ensure_future(read_line(prompts, completion))
             stop = asyncio.ensure_future(ui.stop_reading.wait())
             waiting: set[asyncio.Future[Any]] = {typed, done, stop}
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)

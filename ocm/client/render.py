@@ -211,6 +211,7 @@ def help_lines(names: list[str] | None = None, host: bool = False) -> list[str]:
         usage = f"/{c.name} {c.arguments}".strip()
         mark = "(host) " if c.host_only else ""
         lines.append(f"*   {usage:<{width}}  {mark}{c.meaning}")
+    lines.append("* in a terminal, Tab completes a command's name and, where it takes USER, a member's name")
     if any(c.host_only for c in commands):
         lines.append("* (host): only the room's host may; " + ("you are the host" if host else "you are not the host"))
     return lines

@@ -125,6 +125,31 @@ class _Session(DatagramProtocol):
         """The /help lines."""
         return render.help_lines(self.commands)
 
+    def known_members(self) -> list[str]:
+        """The other members, as far as the notices told (none in the lobby)."""
+        return []
+
+    def completions(self, text: str) -> list[tuple[str, int]]:
+        """
+        Tab completion of the line typed so far, C{text}: a command's name
+        after C{/}, a member's name where a command takes USER.  Each
+        completion is (replacement, its start: a negative offset from the
+        end of C{text}).
+        """
+        if not text.startswith("/"):
+            return []
+        head, space, arg = text[1:].partition(" ")
+        if not space:
+            word = head.lower()
+            return [(f"/{name} ", -len(text)) for name in self.commands if name.startswith(word)]
+        command = render.COMMAND.get(head.lower())
+        if command is None or command.name not in self.commands or not command.arguments.startswith("USER"):
+            return []
+        if command.name == "msg" and " " in arg:
+            return []  # past USER, in TEXT
+        after = " " if command.name == "msg" else ""  # the TEXT follows
+        return [(member + after, -len(arg)) for member in self.known_members() if member.startswith(arg)]
+
     def who(self) -> None:
         """Ask for the member list."""
         self.out("* /who is not available here")
@@ -312,6 +337,10 @@ class ChatSession(_Session):
     def help(self) -> list[str]:
         """/help, saying whether this member is the host."""
         return render.help_lines(self.commands, host=self.host == self.name)
+
+    def known_members(self) -> list[str]:
+        """The other members of the room, as the notices told."""
+        return [m for m in self.members if m != self.name]
 
     def command(self, name: str, rest: str) -> None:
         """The room's commands (SPEC sections 2 and 7): control datagrams, C{\\x00} and the words."""

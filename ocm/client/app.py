@@ -17,7 +17,7 @@ from zope.interface import implementer
 from ocm import wire
 from ocm.client import render
 from ocm.client.flows import Frontend, chat, list_rooms, lobby, open_room, resolve
-from ocm.client.options import password_of, tls_of
+from ocm.client.options import BadOption, password_of, tls_of
 from ocm.client.requests import RequestFailed
 from ocm.client.session import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 
@@ -61,6 +61,14 @@ class ScriptedIO(LineReceiver, Frontend):
 
 async def scripted(reactor: Any, args: argparse.Namespace, ui: ScriptedIO) -> int:
     """The scripted flow: everything from the flags, no prompts."""
+    try:
+        return await _scripted(reactor, args, ui)
+    except BadOption as e:
+        ui.out(f"error: {e}")
+        return EXIT_USAGE
+
+
+async def _scripted(reactor: Any, args: argparse.Namespace, ui: ScriptedIO) -> int:
     name = args.host or "127.0.0.1"
     tls = tls_of(args, name, ui.out)
     host = await resolve(reactor, name)
@@ -87,6 +95,10 @@ async def scripted(reactor: Any, args: argparse.Namespace, ui: ScriptedIO) -> in
     if reply.status != 200:
         ui.out(f"error: {render.refusal(operation, room, reply.status, reply.message)}")
         return EXIT_REFUSED
+    if operation == wire.OP_CREATE:
+        granted = render.history_granted(args.history, reply.fields)
+        if granted:
+            ui.out(granted)
     return await chat(reactor, ui, host, port, reply, room, args.name, password, args.rejoin, tls=tls, tcp_only=args.tcp_only)
 
 

@@ -41,6 +41,8 @@ class Frontend:
         self.session: _Session | None = None
         self._pending: list[str] = []
         self._eof = False
+        #: Ctrl-C or SIGTERM: leave at once, now and in any session still to come.
+        self.interrupted = False
 
     def out(self, line: str) -> None:
         """Show one line."""
@@ -50,6 +52,9 @@ class Frontend:
         """Send typed lines to C{session} from now on."""
         self.session = session
         if session is None:
+            return
+        if self.interrupted:
+            session.leave()
             return
         pending, self._pending = self._pending, []
         for text in pending:
@@ -63,6 +68,20 @@ class Frontend:
             self.session.line(text)
         else:
             self._pending.append(text)
+
+    def interrupt(self, why: str) -> None:
+        """
+        Ctrl-C or SIGTERM: say so and leave at once (sending C{\\x00leave});
+        lines not sent yet are dropped.  During a rejoin, the next session
+        leaves as soon as it starts.
+        """
+        if self.interrupted:
+            return
+        self.interrupted = True
+        self._pending.clear()
+        self.out(f"* {why}: leaving the room")
+        if self.session is not None:
+            self.session.leave()
 
     def end_of_input(self) -> None:
         """No more input: leave once what was typed is sent."""

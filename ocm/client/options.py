@@ -11,10 +11,15 @@ from typing import Any
 
 EPILOG = """\
 exit status: 0 left normally, 1 cannot reach the server, 2 usage,
-3 refused by the server (wrong password, no such room, name taken, full),
-4 the room closed (host left or server shutdown), 5 disconnected by the
-server and could not rejoin, 6 no reply over UDP.
+3 refused by the server (wrong password, no such room, name taken, full;
+with --tcp-only, no TCP tunnel), 4 the room closed (host left or server
+shutdown), 5 disconnected by the server and could not rejoin, 6 no reply
+over UDP (and no TCP tunnel to fall back on).
 """
+
+
+class BadOption(Exception):
+    """A file a flag names cannot be used; the message is one line, for the user."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.capacity is not None and args.capacity < 1:
         parser.error("--capacity must be at least 1")
+    if args.history is not None and args.history < 0:
+        parser.error("--history must be at least 0")
     if (args.ca or args.insecure) and not args.tls:
         parser.error("--ca and --insecure go with --tls")
     if args.ca and args.insecure:
@@ -54,10 +61,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def password_of(args: argparse.Namespace) -> str | None:
-    """The password from --password-file, OCM_PASSWORD or --password; None if none given."""
+    """
+    The password from --password-file, OCM_PASSWORD or --password; None if
+    none given.  Raises L{BadOption} if the file cannot be read.
+    """
     if args.password_file:
-        with open(args.password_file, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise BadOption(f"--password-file {args.password_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise BadOption(f"--password-file {args.password_file}: not UTF-8 text") from None
     if "OCM_PASSWORD" in os.environ:
         return os.environ["OCM_PASSWORD"]
     return args.password  # type: ignore[no-any-return]
@@ -87,11 +102,25 @@ def tls_of(args: argparse.Namespace, host: str, out: Callable[[str], None]) -> A
     """
     Secure mode's TLS for C{host} (the name the user gave, which the
     certificate must name), or None without --tls; --insecure says so.
+    Raises L{BadOption} if the --ca file cannot be read or holds no PEM
+    certificate.
     """
     if not args.tls:
         return None
-    from ocm.tls import client_tls
+    from OpenSSL.crypto import Error as OpenSSLError
+
+    from ocm.tls import client_tls, pem_certificates
 
     if args.insecure:
         out("* --insecure: the server's certificate is NOT checked; anyone on the path can read and join")
-    return client_tls(host, args.ca, args.insecure)
+    if args.ca:
+        try:
+            with open(args.ca, "rb") as f:
+                if not pem_certificates(f.read()):
+                    raise BadOption(f"--ca {args.ca}: not a PEM certificate")
+        except OSError as e:
+            raise BadOption(f"--ca {args.ca}: {e.strerror}") from None
+    try:
+        return client_tls(host, args.ca, args.insecure)
+    except OpenSSLError:  # a PEM block that does not decode
+        raise BadOption(f"--ca {args.ca}: not a PEM certificate") from None

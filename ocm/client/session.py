@@ -15,6 +15,7 @@ from twisted.internet.protocol import DatagramProtocol
 from ocm import wire
 from ocm.sealing import OVERHEAD, Channel
 from ocm.client import render
+from ocm.client.tunnel import TunnelRefused
 
 # Exit codes of python -m ocm.client (documented in the README).
 EXIT_OK = 0
@@ -24,6 +25,9 @@ EXIT_REFUSED = 3
 EXIT_CLOSED = 4
 EXIT_DISCONNECTED = 5
 EXIT_NO_UDP = 6
+
+#: Seconds /ping waits for its pong before saying none came.
+PING_WAIT = 3.0
 
 Address = tuple[str, int]
 Output = Callable[[str], None]
@@ -38,8 +42,24 @@ class Ending:
     rejoinable: bool = False
 
 
+def parse_command(text: str) -> tuple[str, str] | None:
+    """
+    C{(name, rest)} if C{text} is a command: spaces stripped, C{/} and a
+    letter (the name is case-insensitive; C{rest} is what follows it, its
+    inner spaces kept); None for chat.
+    """
+    stripped = text.strip()
+    if stripped[:1] != "/" or not stripped[1:2].isalpha():
+        return None
+    word, *rest = stripped[1:].split(None, 1)
+    return word.lower(), rest[0] if rest else ""
+
+
 class _Session(DatagramProtocol):
     """What the room session and the lobby session share."""
+
+    #: The commands this session understands (L{render.COMMANDS} names).
+    commands: list[str] = render.LOBBY_COMMANDS
 
     def __init__(self, clock: Any, server: Address, out: Output, keepalive: float) -> None:
         self.clock = clock
@@ -77,17 +97,58 @@ class _Session(DatagramProtocol):
             self.ended.callback(ending)
 
     def line(self, text: str) -> None:
-        """One line of input: a command or a message."""
-        command = text.strip()
-        if command in ("/leave", "/quit"):
-            self.leave()
-        elif command == "/help":
-            for line in render.HELP:
-                self.out(line)
-        elif command == "/who":
-            self.who()
+        """
+        One line of input: a command if it starts with C{/} and a letter
+        (never sent as chat, even unknown), else a message, sent as typed.
+        """
+        parsed = parse_command(text)
+        if parsed is not None:
+            self.command(*parsed)
         elif text:
             self.say(text)
+
+    def command(self, name: str, rest: str) -> None:
+        """Run C{/name rest}; an unknown command is said to be so, one of the room's elsewhere unavailable."""
+        if name in ("leave", "quit"):
+            self.leave()
+        elif name == "help":
+            for line in self.help():
+                self.out(line)
+        elif name == "who" and "who" in self.commands:
+            self.who()
+        elif name in render.COMMAND:
+            self.out(f"* /{name} is not available here")
+        else:
+            self.out(render.unknown_command(name, self.commands))
+
+    def help(self) -> list[str]:
+        """The /help lines."""
+        return render.help_lines(self.commands)
+
+    def known_members(self) -> list[str]:
+        """The other members, as far as the notices told (none in the lobby)."""
+        return []
+
+    def completions(self, text: str) -> list[tuple[str, int]]:
+        """
+        Tab completion of the line typed so far, C{text}: a command's name
+        after C{/}, a member's name where a command takes USER.  Each
+        completion is (replacement, its start: a negative offset from the
+        end of C{text}).
+        """
+        if not text.startswith("/"):
+            return []
+        head, space, arg = text[1:].partition(" ")
+        if not space:
+            word = head.lower()
+            return [(f"/{name} ", -len(text)) for name in self.commands if name.startswith(word)]
+        command = render.COMMAND.get(head.lower())
+        if command is None or command.name not in self.commands or not command.arguments.startswith("USER"):
+            return []
+        if command.name == "msg" and " " in arg:
+            return []  # past USER, in TEXT
+        after = " " if command.name == "msg" else ""  # the TEXT follows
+        return [(member + after, -len(arg)) for member in self.known_members() if member.startswith(arg)]
 
     def who(self) -> None:
         """Ask for the member list."""
@@ -114,6 +175,8 @@ class ChatSession(_Session):
     (ending with L{EXIT_NO_UDP} after C{hello_timeout}); lines typed before
     then wait.  Keepalives go out every C{timeout}/3 of silence.
     """
+
+    commands = [c.name for c in render.COMMANDS]
 
     def __init__(
         self,
@@ -151,6 +214,13 @@ class ChatSession(_Session):
         self.drop_udp = drop_udp
         self.tunnel: Any = None
         self.welcomed = False
+        #: The room as the notices tell it: its members (in the order they came), host, topic, muted members.
+        self.members: list[str] = []
+        self.host: str | None = None
+        self.topic = ""
+        self.muted: set[str] = set()
+        self._ping_sent: float | None = None
+        self._ping_timer: Any = None
         self._waiting: list[str] = []
         self._hello: task.LoopingCall | None = None
         self._hello_deadline: Any = None
@@ -192,8 +262,17 @@ class ChatSession(_Session):
             self._say_hello()
 
         def failed(failure: Any) -> None:
+            refused = failure.value if isinstance(failure.value, TunnelRefused) else None
             host, port = self.server
-            self.end(Ending(EXIT_NO_UDP, f"no reply over UDP from {host}:{port}, and no TCP tunnel: {failure.getErrorMessage()}"))
+            if not self.tcp_only:  # UDP was tried first, and got no reply
+                why = "the server does not offer a TCP tunnel" if refused and refused.no_tunnel else f"no TCP tunnel: {failure.getErrorMessage()}"
+                self.end(Ending(EXIT_NO_UDP, f"no reply over UDP from {host}:{port}, and {why}; is UDP blocked?"))
+            elif refused and refused.no_tunnel:
+                self.end(Ending(EXIT_REFUSED, "the server does not offer a TCP tunnel (a server started with --tunnel does); chat without --tcp-only"))
+            elif refused:
+                self.end(Ending(EXIT_REFUSED, failure.getErrorMessage()))
+            else:
+                self.end(Ending(EXIT_ERROR, f"no TCP tunnel: {failure.getErrorMessage()}"))
 
         defer.ensureDeferred(self.open_tunnel()).addCallbacks(opened, failed)  # type: ignore[arg-type]
 
@@ -219,6 +298,8 @@ class ChatSession(_Session):
     def end(self, ending: Ending) -> None:
         """Stop every timer, close the tunnel, report the ending."""
         self._stop_hello()
+        if self._ping_timer is not None and self._ping_timer.active():
+            self._ping_timer.cancel()
         super().end(ending)
         if self.tunnel is not None:
             self.tunnel.close()
@@ -234,6 +315,17 @@ class ChatSession(_Session):
         """An empty message: keeps the membership alive."""
         self._message(b"")
 
+    def line(self, text: str) -> None:
+        """
+        One line of input.  Before the welcome, lines wait (in order, commands
+        too), but /leave, /quit and /help, which act at once.
+        """
+        parsed = parse_command(text)
+        if not self.welcomed and text and not (parsed and parsed[0] in ("leave", "quit", "help")):
+            self._waiting.append(text)
+            return
+        super().line(text)
+
     def say(self, text: str) -> None:
         """Send C{text}, split at character boundaries into datagrams that fit."""
         if not self.welcomed:
@@ -242,12 +334,71 @@ class ChatSession(_Session):
         for piece in wire.split_text(text, self.limit):
             self._message(piece)
 
+    def help(self) -> list[str]:
+        """/help, saying whether this member is the host."""
+        return render.help_lines(self.commands, host=self.host == self.name)
+
+    def known_members(self) -> list[str]:
+        """The other members of the room, as the notices told."""
+        return [m for m in self.members if m != self.name]
+
+    def command(self, name: str, rest: str) -> None:
+        """The room's commands (SPEC sections 2 and 7): control datagrams, C{\\x00} and the words."""
+        command = render.COMMAND.get(name)
+        if command is None or name in ("leave", "quit", "help", "who"):
+            super().command(name, rest)
+        elif name == "ping":
+            self.ping()
+        elif name == "msg":
+            self.private(rest)
+        elif name == "topic":
+            self._control("topic", rest)
+        elif command.arguments == "USER":
+            if not rest:
+                self.out(render.usage_line(name))
+                return
+            self._control(name, rest)
+        else:  # lock, unlock: no arguments
+            self._control(name)
+
+    def ping(self) -> None:
+        """C{\\x00ping}; the pong says how long the server took, its absence after L{PING_WAIT} s is said too."""
+        if self._ping_timer is not None and self._ping_timer.active():
+            self._ping_timer.cancel()
+        self._ping_sent = self.clock.seconds()
+        self._ping_timer = self.clock.callLater(PING_WAIT, self._no_pong)
+        self._control("ping")
+
+    def _no_pong(self) -> None:
+        self._ping_sent = None
+        self.out(f"* no pong within {PING_WAIT:.0f} s (a server older than SPEC section 7 does not answer /ping)")
+
+    def _control(self, *words: str) -> None:
+        """One control message: C{\\x00} and the words, one space apart (an empty last word: none)."""
+        self._message(b"\x00" + " ".join(w for w in words if w).encode("utf-8"))
+
+    def private(self, rest: str) -> None:
+        """C{/msg USER TEXT}: to USER alone, split to fit as chat is."""
+        target, _, text = rest.partition(" ")
+        if not target or not text.strip():
+            self.out(render.usage_line("msg"))
+            return
+        prefix = f"msg {target} ".encode("utf-8")
+        room = self.limit - 1 - len(prefix)
+        if room <= 0:
+            self.out("* that name is too long for a private message")
+            return
+        for piece in wire.split_text(text, room):
+            self._message(b"\x00" + prefix + piece)
+
     def who(self) -> None:
         """Ask the relay for the member list."""
         self._message(wire.WHO)
 
     def leave(self) -> None:
-        """Tell the relay we leave; end with success."""
+        """Tell the relay we leave; end with success (once: an ended session says nothing more)."""
+        if self.ended.called:
+            return
         self._message(wire.LEAVE)
         self.end(Ending(EXIT_OK))
 
@@ -290,19 +441,64 @@ class ChatSession(_Session):
                 self.welcomed = True
                 self._stop_hello()
                 self._start_keepalive()
-                self.out(render.notice_line(notice))
+                self._roster(notice)
+                self.out(render.notice_line(notice, self.name))
+                if self.topic:
+                    self.out(render.topic_line(self.topic))
                 waiting, self._waiting = self._waiting, []
                 for text in waiting:
-                    self.say(text)
+                    self.line(text)
                 if self._leave_when_ready:
                     self.leave()
             return
         if event == "closed":
             self.end(Ending(EXIT_CLOSED, render.notice_line(notice)))
         elif event == "disconnected":
-            self.end(Ending(EXIT_DISCONNECTED, render.notice_line(notice), rejoinable=True))
+            # Kicked or banned: out for good (SPEC section 7), no joining again by ourselves.
+            rejoinable = notice.get("reason") not in ("kicked", "banned")
+            self.end(Ending(EXIT_DISCONNECTED, render.notice_line(notice), rejoinable=rejoinable))
+        elif event == "pong" and self._ping_sent is not None:
+            took = (self.clock.seconds() - self._ping_sent) * 1000
+            self._ping_sent = None
+            if self._ping_timer is not None and self._ping_timer.active():
+                self._ping_timer.cancel()
+            self.out(f"* pong: the server answered in {took:.0f} ms")
         else:
-            self.out(render.notice_line(notice))
+            self._roster(notice)
+            self.out(render.notice_line(notice, self.name))
+            if event == "members" and notice.get("topic"):
+                self.out(render.topic_line(notice.get("topic")))
+
+    def _roster(self, notice: dict[str, Any]) -> None:
+        """Keep track of the room (members, host, topic, muted) from a notice."""
+        event = notice["event"]
+        user = notice.get("user")
+        if event in ("welcome", "members"):
+            members = notice.get("members")
+            if isinstance(members, list):
+                self.members = [str(m) for m in members]
+            if isinstance(notice.get("host"), str):
+                self.host = notice["host"]
+            if event == "members" or "topic" in notice:
+                self.topic = str(notice.get("topic") or "")
+            if isinstance(notice.get("muted"), list):
+                self.muted = {str(m) for m in notice["muted"]}
+        elif not isinstance(user, str):
+            return
+        elif event == "join" and user not in self.members:
+            self.members.append(user)
+        elif event == "leave":
+            if user in self.members:
+                self.members.remove(user)
+            self.muted.discard(user)
+        elif event == "host":
+            self.host = user
+        elif event == "topic":
+            self.topic = str(notice.get("topic") or "")
+        elif event == "muted":
+            self.muted.add(user)
+        elif event == "unmuted":
+            self.muted.discard(user)
 
 
 class LobbySession(_Session):

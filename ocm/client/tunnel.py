@@ -13,7 +13,36 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 
 from ocm import wire
 from ocm.client.requests import RequestFailed
-from ocm.relay.tunnel import no_delay
+
+
+class TunnelRefused(RequestFailed):
+    """The server answered the tunnel request with a refusal (C{status}, C{message})."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"the server refused the TCP tunnel ({status}: {message})" if message else f"the server refused the TCP tunnel ({status})")
+
+    @property
+    def no_tunnel(self) -> bool:
+        """Whether the server has no tunnel at all (started without --tunnel: operation 4 is unknown)."""
+        return self.status == 400 and "operation" in self.message
+
+
+def no_delay(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off on the tunnel's TCP connection (under TLS,
+    the one beneath it): a chat datagram must not wait for an ACK.  (A copy
+    of the server's: the client imports no server module.)
+    """
+    for candidate in (transport, getattr(transport, "transport", None)):
+        set_no_delay = getattr(candidate, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+            return
 
 
 class TunnelProtocol(protocol.Protocol):
@@ -46,11 +75,14 @@ class TunnelProtocol(protocol.Protocol):
             if not frames:
                 return
             try:
-                status = int(wire.decode_json(frames[0].payload)["status"])
-            except (wire.WireError, KeyError, TypeError, ValueError):
-                status = 0
+                answer = wire.decode_json(frames[0].payload)
+                status = int(answer["status"])
+                message = str(answer.get("message", ""))
+            except (wire.WireError, KeyError, TypeError, ValueError, AttributeError):
+                status, message = 0, ""
             if status != 200:
-                self.ready.errback(RequestFailed(f"the server refused the TCP tunnel ({status or 'no answer'})"))
+                failure = TunnelRefused(status, message) if status else RequestFailed("the server's answer to the tunnel request was not understood")
+                self.ready.errback(failure)
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 return
             self._open = True

@@ -441,9 +441,16 @@ class WebSocketClient(protocol.Protocol):
         return out
 
 
-async def websocket(port: int, origin: str | None = None, headers: dict[str, str] | None = None, host: str = "127.0.0.1", path: str = "/ws") -> WebSocketClient:
-    """A WebSocket to the gateway on C{port}, once its handshake is answered."""
+async def websocket(
+    port: int, origin: str | None = None, headers: dict[str, str] | None = None, host: str = "127.0.0.1", path: str = "/ws", tls: Any = None
+) -> WebSocketClient:
+    """A WebSocket to the gateway on C{port} (through C{tls}, client TLS options, for wss), once its handshake is answered."""
+    from twisted.internet.endpoints import wrapClientTLS
+
     client = WebSocketClient(f"{host}:{port}", path, origin, headers)
-    await connectProtocol(TCP4ClientEndpoint(reactor, host, port), client)
+    endpoint: Any = TCP4ClientEndpoint(reactor, host, port)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    await connectProtocol(endpoint, client)
     await wait_until(lambda: client.status is not None or client.closed.called, 5, "the upgrade's answer")
     return client

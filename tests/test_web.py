@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from ocm import wire
 from ocm.web.gateway import client_ip
 from tests.helpers import ServerCase, WebSocketClient, request_bytes, wait_until, websocket
+from tests.test_cluster import ClusterCase
 
 
 class WebCase(ServerCase):
@@ -220,3 +221,67 @@ class ClientIP(unittest.TestCase):
         self.assertEqual(client_ip("::ffff:10.0.0.1", "::ffff:198.51.100.7", trusted), "198.51.100.7")
         self.assertEqual(client_ip("10.0.0.1", "not an address", trusted), "10.0.0.1")
         self.assertEqual(client_ip("10.0.0.1", None, trusted), "10.0.0.1")
+
+
+class SecureWeb(WebCase):
+    """In secure mode the web port is HTTPS/WSS with the TCRP port's certificate; web datagrams are not sealed."""
+
+    async def setUp(self) -> None:
+        import os
+
+        from tests.certs import write_server_files
+
+        self.files = write_server_files(os.path.abspath(self.mktemp()))
+        self.server_args = ["--web", "0", "--tls-cert", self.files["server.pem"], "--tls-key", self.files["server.key"]]
+        await super().setUp()
+
+    async def test_wss_chat_unsealed(self) -> None:
+        """Two browser members over WSS: plain SPEC datagrams both ways; a plain ws:// upgrade gets nowhere."""
+        from ocm.tls import client_options
+
+        tls = client_options("127.0.0.1", self.files["ca.pem"])
+        members = []
+        for operation, name in ((1, "host"), (2, "guest")):
+            client = await websocket(self.web_port, tls=tls)
+            self.addCleanup(lambda c=client: c.transport.loseConnection() if c.transport else None)  # type: ignore[union-attr]
+            self.assertEqual(client.status, 101)
+            client.send(request_bytes(operation, "r", {"username": name}))
+            await wait_until(lambda c=client: len(c.frames()) >= 2, 5, "the answer")
+            body = json.loads(client.frames()[0].payload)
+            self.assertEqual(body["status"], 200)
+            self.assertIn("key", body)  # the member has one; the page does not use it
+            token = client.frames()[1].payload
+            client.send(wire.encode_datagram(b"r", token, wire.HELLO))
+            await wait_until(lambda c=client: c.notices("welcome"), 5, "the welcome, unsealed")
+            members.append((client, token))
+        (host, host_token), (guest, _) = members
+        host.send(wire.encode_datagram(b"r", host_token, "秘密の話".encode()))
+        await wait_until(lambda: guest.chats() == [("host", "秘密の話")], 5, "web -> web over WSS")
+        plain = await websocket(self.web_port)
+        self.assertIsNone(plain.status)  # no HTTP answer to a plain upgrade on a TLS port
+
+
+class WebAcrossNodes(ClusterCase):
+    """A browser member on one node chats with UDP members on others."""
+
+    node_args = ["--web", "0"]
+
+    async def test_web_member_on_another_node(self) -> None:
+        host, udp_c = await self.room("r", "ac")
+        web_port = self.nodes["b"].service.getServiceNamed("web")._port.getHost().port  # type: ignore[attr-defined]
+        browser = await websocket(web_port)
+        self.addCleanup(lambda: browser.transport.loseConnection() if browser.transport else None)  # type: ignore[union-attr]
+        browser.send(request_bytes(2, "r", {"username": "web"}))
+        await wait_until(lambda: len(browser.frames()) >= 2, 5, "the answer from node b")
+        self.assertEqual(json.loads(browser.frames()[0].payload)["status"], 200)
+        token = browser.frames()[1].payload
+        browser.send(wire.encode_datagram(b"r", token, wire.HELLO))
+        await wait_until(lambda: browser.notices("welcome"), 5, "the welcome")
+        await wait_until(lambda: host.peer.notices("join") and udp_c.peer.notices("join"), 5, "join notices on a and c")
+        self.assertIn({"event": "join", "user": "web"}, host.peer.notices("join"))
+        browser.send(wire.encode_datagram(b"r", token, b"from the browser on b"))
+        await wait_until(lambda: ("web", "from the browser on b") in host.chats() and ("web", "from the browser on b") in udp_c.chats(), 5, "b -> a, c")
+        udp_c.send(b"from c")
+        await wait_until(lambda: (udp_c.name, "from c") in browser.chats(), 5, "c -> b")
+        browser.transport.loseConnection()  # type: ignore[union-attr]
+        await wait_until(lambda: {"event": "leave", "user": "web", "reason": "left"} in host.peer.notices("leave"), 5, "leave on a")

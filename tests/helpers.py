@@ -342,6 +342,9 @@ class WebSocketClient(protocol.Protocol):
         self.messages: list[bytes] = []
         self.close_code: int | None = None
         self.closed: defer.Deferred[None] = defer.Deferred()
+        #: Whether to answer pings (a browser does); pings seen.
+        self.answer_pings = True
+        self.pings = 0
         self._buffer = b""
 
     def connectionMade(self) -> None:
@@ -389,7 +392,9 @@ class WebSocketClient(protocol.Protocol):
                 self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 self.frame(0x8, payload[:2])  # the closing handshake's answer, as a browser gives it
             elif opcode == 0x9:
-                self.frame(0xA, payload)  # pong
+                self.pings += 1
+                if self.answer_pings:
+                    self.frame(0xA, payload)  # pong
             elif opcode in (0x1, 0x2):
                 self.messages.append(payload)
 

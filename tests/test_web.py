@@ -111,6 +111,29 @@ class Gateway(WebCase):
         await wait_until(lambda: self.stats.dropped["wrong_port"] == 1, 5, "the drop")
 
 
+class Keepalive(WebCase):
+    """Pings: a browser that answers stays; one that does not is dropped and its member leaves."""
+
+    async def test_pings(self) -> None:
+        host = await self.member(1, "r", "host")
+        alive, _ = await self.web_member(2, "r", "alive")
+        silent, _ = await self.web_member(2, "r", "silent")
+        silent.answer_pings = False
+        gateway = self.service.getServiceNamed("web").gateway  # type: ignore[attr-defined]
+        gateway.ping()
+        await wait_until(lambda: alive.pings == 1 and silent.pings == 1, 5, "the pings")
+        await wait_until(lambda: not any(p.awaiting_pong for p in gateway.open if p.route.member.name == "alive"), 5, "the pong")
+        gateway.ping()  # the silent one missed the last: dropped
+        await silent.closed
+        await wait_until(lambda: host.peer.notices("leave"), 5, "its leave")
+        self.assertEqual(host.peer.notices("leave"), [{"event": "leave", "user": "silent", "reason": "left"}])
+        self.assertFalse(alive.closed.called)
+        from ocm.metrics import OcmCollector
+
+        families = {m.name: m for m in OcmCollector(self.stats, self.rooms, relay=self.service.relay).collect()}  # type: ignore[attr-defined]
+        self.assertEqual({s.labels["kind"]: s.value for s in families["ocm_members_connected"].samples}, {"tunnel": 0, "web": 1})
+
+
 class BadInput(WebCase):
     """Oversize messages, foreign origins, text frames, too many connections."""
 

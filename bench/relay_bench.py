@@ -22,6 +22,7 @@ from twisted.internet import reactor
 from ocm import wire
 from ocm.relay import fanout
 from ocm.relay.protocol import LISTEN_SIZE, Relay, SecureRelay
+from ocm.relay.routes import UdpRoute
 from ocm.rooms import Rooms
 from ocm.sealing import Channel
 
@@ -41,8 +42,9 @@ def main() -> None:
     relay = (SecureRelay if args.secure else Relay)(rooms, reactor)
     port = reactor.listenUDP(0, relay, interface="127.0.0.1", maxPacketSize=LISTEN_SIZE)  # type: ignore[attr-defined]
     if args.loop == "python" or not fanout.NATIVE:
-        relay._fan = fanout.python_fan_out
-    loop = "Python" if relay._fan is fanout.python_fan_out else "C"
+        # the relay's own Python loop: straight to UDP addresses (secure: through the sealing routes)
+        relay._fan = fanout.python_fan_out if args.secure else fanout.plain_python_fan_out(relay._sendto, UdpRoute)
+    loop = "C" if fanout.NATIVE and args.loop == "c" and not args.secure else "Python"
     if args.secure:
         loop = "secure (Python, sealed per recipient)"
     sinks = []

@@ -101,6 +101,32 @@ class FanOutTests(unittest.TestCase):
         sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 4)
         self.check_loop(fanout.fan_out_of(FakeDatagramTransport()), sinks, members)
 
+    def test_plain_python_loop(self) -> None:
+        """The plain relay's Python loop: UDP members straight through sendto, others through their routes."""
+        sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 4)
+        self.check_loop(fanout.plain_python_fan_out(sender.sendto, UdpRoute), sinks, members)
+        written: list[bytes] = []
+
+        class Other:
+            peer = ("127.0.0.1", 1)
+            sockaddr = None
+
+            def send(self, data: bytes) -> None:
+                written.append(data)
+
+        members[3].route = Other()  # type: ignore[assignment]
+
+        def failing(data: bytes, addr: Any) -> None:
+            if addr == members[0].addr:
+                raise OSError(errno.EPERM, "injected")
+            sender.sendto(data, addr)
+
+        sent, failed = fanout.plain_python_fan_out(failing, UdpRoute)(b"\x02m1hi", members, members[1])
+        self.assertEqual(sent, 2)
+        assert failed is not None
+        self.assertEqual([(m, e.errno) for m, e in failed], [(members[0], errno.EPERM)])  # type: ignore[attr-defined]
+        self.assertEqual(written, [b"\x02m1hi"])
+
     def test_native_loop(self) -> None:
         """The C loop, on IPv4."""
         if NEEDS_C:

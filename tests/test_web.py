@@ -111,6 +111,19 @@ class Gateway(WebCase):
         await wait_until(lambda: self.stats.dropped["wrong_port"] == 1, 5, "the drop")
 
 
+class OneMemberAConnection(WebCase):
+    """A WebSocket carries the datagrams of the member it created or joined, and no other's."""
+
+    async def test_other_token_dropped(self) -> None:
+        browser, _ = await self.web_member(1, "r", "web")
+        body, frames = await self.request(2, "r", username="other")  # same IP, never bound
+        other = frames[1].payload
+        browser.send(wire.encode_datagram(b"r", other, wire.HELLO))
+        await wait_until(lambda: self.stats.dropped["wrong_port"] == 1, 5, "the drop")
+        self.assertIsNone(self.rooms.tokens[other].route)
+        self.assertEqual(browser.notices("welcome")[1:], [])
+
+
 class Keepalive(WebCase):
     """Pings: a browser that answers stays; one that does not is dropped and its member leaves."""
 

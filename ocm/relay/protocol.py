@@ -206,6 +206,11 @@ class Relay(DatagramProtocol):
         if found is None:
             return
         member, start = found
+        carried = connection.member
+        if carried is not None and carried is not member:
+            # a connection carries its own member's datagrams, no other's
+            self.dropped["wrong_port"] += 1
+            return
         message = self._opened(member, connection, data[start:])
         if message is None:
             return

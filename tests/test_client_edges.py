@@ -528,8 +528,11 @@ class PasswordPromptTests(ClientCase):
         await expect("visible")  # the chat prompt echoes again
         child.sendline("")
         await wait_until(lambda: any(line.endswith("guest: visible") for line in host.lines), 5, "the chat line")
+        # the next prompt must be up (the terminal back in raw mode): a ^D
+        # typed while the line discipline is cooked is taken as its EOF and lost
+        await sleep(0.5)
         child.sendcontrol("d")
-        code, output = await exited(child)
+        code, output = await exited(child, 10.0)
         self.assertEqual(code, EXIT_OK, output)
         host.close_stdin()
         await self.ended(host)

@@ -132,6 +132,33 @@ class FanOutTests(unittest.TestCase):
         self.assertEqual(sinks[2].recv(100), b"\x02m1hi")
         self.assertEqual(sinks[3].recv(100), b"\x02m1hi")
 
+    def test_native_batches(self) -> None:
+        """
+        A room larger than one C{sendmmsg} batch (256): failures in the middle
+        of a batch and at its edges are each returned with their errno, and
+        every other member gets the datagram once.
+        """
+        if NEEDS_C:
+            raise unittest.SkipTest(NEEDS_C)
+        sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 600)
+        recipients = [m for m in members if m is not members[1]]
+        # places in the batches: first and last of each, and one inside
+        bad_members = [recipients[i] for i in (0, 100, 255, 256, 257, 511, 512, 597)]
+        for member in bad_members:
+            member.sockaddr = b"\x02\x00"  # too short for a sockaddr_in: EINVAL
+        recipients[598].sockaddr = None  # the last: sent through its route
+        sent, failed = fanout.native_fan_out(sender.fileno())(b"\x02m1hi", members, members[1])
+        self.assertEqual(sent, 600 - 1 - len(bad_members))
+        assert failed is not None
+        self.assertEqual(sorted((m.name, e.errno) for m, e in failed), sorted((m.name, errno.EINVAL) for m in bad_members))
+        for i, sink in enumerate(sinks):
+            sink.setblocking(False)
+            if i == 1 or members[i] in bad_members:
+                self.assertRaises(BlockingIOError, sink.recv, 100)
+            else:
+                self.assertEqual(sink.recv(100), b"\x02m1hi")
+                self.assertRaises(BlockingIOError, sink.recv, 100)
+
     def test_python_failures(self) -> None:
         """The Python loop sets failures aside the same way."""
         sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 3)

@@ -168,9 +168,94 @@ error:
     return NULL;
 }
 
+/* Datagrams per recvmmsg call, at most. */
+#define RECV_MAX 256
+
+PyDoc_STRVAR(recv_batch_doc,
+"recv_batch(fd, count, size) -> list of (bytes, (host, port))\n\n"
+"Read up to count (at most 256) waiting datagrams from socket fd in one\n"
+"recvmmsg call, each into a size-byte buffer (a longer one arrives cut to\n"
+"size bytes, as recvfrom gives it), with its source as recvfrom gives an\n"
+"IPv4 one, or IPv6 without flow info and scope id. Empty when nothing waits;\n"
+"OSError for any other error.");
+
+static char *recv_buffers;      /* RECV_MAX * recv_size bytes, kept between calls */
+static size_t recv_size;
+
+static PyObject *address_of(const struct sockaddr_storage *from)
+{
+    char host[INET6_ADDRSTRLEN];
+    int port;
+    if (from->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)from;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        port = ntohs(a->sin_port);
+    } else if (from->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)from;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        port = ntohs(a->sin6_port);
+    } else {
+        Py_RETURN_NONE; /* not from an IP socket: the checks drop it */
+    }
+    return Py_BuildValue("(si)", host, port);
+}
+
+static PyObject *recv_batch(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int fd, count;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "iin:recv_batch", &fd, &count, &size)) return NULL;
+    if (count < 1 || count > RECV_MAX || size < 1 || size > 65536) {
+        PyErr_SetString(PyExc_ValueError, "recv_batch: count must be 1..256 and size 1..65536");
+        return NULL;
+    }
+    if (recv_size != (size_t)size) {
+        char *buffers = PyMem_Realloc(recv_buffers, (size_t)RECV_MAX * (size_t)size);
+        if (buffers == NULL) return PyErr_NoMemory();
+        recv_buffers = buffers;
+        recv_size = (size_t)size;
+    }
+    struct mmsghdr msgs[RECV_MAX];
+    struct iovec iov[RECV_MAX];
+    struct sockaddr_storage from[RECV_MAX];
+    for (int i = 0; i < count; i++) {
+        iov[i].iov_base = recv_buffers + (size_t)i * recv_size;
+        iov[i].iov_len = recv_size;
+        memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+        msgs[i].msg_hdr.msg_name = &from[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int n = recvmmsg(fd, msgs, (unsigned)count, MSG_DONTWAIT, NULL);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return PyList_New(0);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *batch = PyList_New(n);
+    if (batch == NULL) return NULL;
+    for (int i = 0; i < n; i++) {
+        /* msg_len is what was copied: a datagram longer than the buffer
+         * (MSG_TRUNC) arrives cut to size bytes, as recvfrom cuts it */
+        PyObject *data = PyBytes_FromStringAndSize(iov[i].iov_base, (Py_ssize_t)msgs[i].msg_len);
+        PyObject *addr = data == NULL ? NULL : address_of(&from[i]);
+        PyObject *item = addr == NULL ? NULL : PyTuple_Pack(2, data, addr);
+        Py_XDECREF(data);
+        Py_XDECREF(addr);
+        if (item == NULL) {
+            Py_DECREF(batch);
+            return NULL;
+        }
+        PyList_SET_ITEM(batch, i, item);
+    }
+    return batch;
+}
+
 static PyMethodDef methods[] = {
     {"pack_address", pack_address, METH_VARARGS, pack_address_doc},
     {"fan_out", fan_out, METH_VARARGS, fan_out_doc},
+    {"recv_batch", recv_batch, METH_VARARGS, recv_batch_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -35,6 +35,10 @@ Address = tuple[str, int]
 #: Whether the C loop was built.
 NATIVE = _ocm_fanout is not None
 
+#: C{recv_batch(fd, count, size) -> [(data, (host, port)), ...]}: up to
+#: C{count} datagrams in one C{recvmmsg} call; None without the C extension.
+recv_batch = None if _ocm_fanout is None else _ocm_fanout.recv_batch
+
 #: Failed sends: each member with the exception its send raised.
 Failures = list[tuple[Member, BaseException]]
 

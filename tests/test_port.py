@@ -74,7 +74,7 @@ class ReadLoopMixin:
         try:
             s = self.client(socket.AF_INET6, "::1")
         except OSError:
-            raise unittest.SkipTest("no IPv6 here")
+            raise unittest.SkipTest("no IPv6 here") from None
         proto = Recorder()
         port = self.listen(proto, "::1")
         s.sendto(b"six", ("::1", port.getHost().port))

@@ -20,6 +20,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -168,6 +169,223 @@ error:
     return NULL;
 }
 
+#ifdef OCM_SEAL
+/*
+ * Secure mode (docs/secure.rst): the same loop, each datagram sealed for its
+ * recipient with ChaCha20-Poly1305 through libcrypto's EVP interface, as
+ * ocm/sealing.py's Channel.seal does it: Counter (8, big-endian) |
+ * Ciphertext | Tag (16), nonce = the channel's direction (4) | Counter,
+ * associated data = the member's clear header; the channel's counter then
+ * grows by one. The cryptography package runs the same OpenSSL code, but a
+ * call from Python per recipient (and a sendto) costs several times the
+ * sealing itself. Built only where libcrypto's headers are found (setup.py).
+ */
+#include <openssl/evp.h>
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define lookup_attr PyObject_GetOptionalAttr
+#else
+#define lookup_attr _PyObject_LookupAttr
+#endif
+
+static PyObject *route_attr, *sealed_to_attr, *channel_attr, *key_attr, *aad_attr, *outgoing_attr, *counter_attr;
+static EVP_CIPHER_CTX *seal_ctx;
+
+#define KEY_SIZE 32
+#define COUNTER_SIZE 8
+#define TAG_SIZE 16
+
+/* Bytes attribute name of obj, or NULL (no exception) if it is missing or not bytes. */
+static PyObject *bytes_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!PyBytes_Check(value)) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    return value;
+}
+
+/*
+ * Seal data for member into out (data.len + 24 bytes) and advance its
+ * channel's counter; its packed address in *to (a new reference). 0 done;
+ * 1 not sealable here (no sealed UDP route, or a counter at its end: the
+ * caller's route sends it, or raises); -1 error (an exception is set).
+ */
+static int seal_for(PyObject *member, const Py_buffer *data, unsigned char *out, PyObject **to)
+{
+    PyObject *route = PyObject_GetAttr(member, route_attr);
+    if (route == NULL) return -1;
+    PyObject *packed = NULL;
+    int found = lookup_attr(route, sealed_to_attr, &packed);
+    Py_DECREF(route);
+    if (found < 0) return -1;
+    if (found == 0 || !PyBytes_Check(packed)) {
+        Py_XDECREF(packed);
+        return 1;
+    }
+    int result = 1;
+    PyObject *channel = PyObject_GetAttr(member, channel_attr);
+    if (channel == NULL) {
+        Py_DECREF(packed);
+        return -1;
+    }
+    PyObject *key = bytes_attr(member, key_attr), *aad = bytes_attr(channel, aad_attr);
+    PyObject *outgoing = bytes_attr(channel, outgoing_attr), *counter = PyObject_GetAttr(channel, counter_attr);
+    if (counter == NULL) PyErr_Clear();
+    if (key == NULL || aad == NULL || outgoing == NULL || counter == NULL || !PyLong_Check(counter) ||
+        PyBytes_GET_SIZE(key) != KEY_SIZE || PyBytes_GET_SIZE(outgoing) != 4 || PyBytes_GET_SIZE(aad) > INT_MAX)
+        goto done;
+    unsigned long long n = PyLong_AsUnsignedLongLong(counter);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) { /* negative, or past 2**64 - 1: Python's seal raises */
+        PyErr_Clear();
+        goto done;
+    }
+    unsigned char nonce[12];
+    memcpy(nonce, PyBytes_AS_STRING(outgoing), 4);
+    for (int b = 0; b < COUNTER_SIZE; b++) out[b] = nonce[4 + b] = (unsigned char)(n >> (8 * (COUNTER_SIZE - 1 - b)));
+    int len = 0, tail = 0;
+    if (EVP_EncryptInit_ex(seal_ctx, NULL, NULL, (const unsigned char *)PyBytes_AS_STRING(key), nonce) != 1 ||
+        EVP_EncryptUpdate(seal_ctx, NULL, &len, (const unsigned char *)PyBytes_AS_STRING(aad), (int)PyBytes_GET_SIZE(aad)) != 1 ||
+        EVP_EncryptUpdate(seal_ctx, out + COUNTER_SIZE, &len, data->buf, (int)data->len) != 1 ||
+        EVP_EncryptFinal_ex(seal_ctx, out + COUNTER_SIZE + len, &tail) != 1 ||
+        len + tail != (int)data->len ||
+        EVP_CIPHER_CTX_ctrl(seal_ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, out + COUNTER_SIZE + data->len) != 1)
+        goto done; /* not expected: the Python way seals it, with the same counter */
+    PyObject *next;
+    if (n < ~0ULL) {
+        next = PyLong_FromUnsignedLongLong(n + 1);
+    } else { /* the last counter: 2**64 after it, which the next seal refuses */
+        PyObject *one = PyLong_FromLong(1);
+        next = one == NULL ? NULL : PyNumber_Add(counter, one);
+        Py_XDECREF(one);
+    }
+    if (next == NULL || PyObject_SetAttr(channel, counter_attr, next) < 0) {
+        Py_XDECREF(next);
+        result = -1;
+        goto done;
+    }
+    Py_DECREF(next);
+    *to = packed;
+    packed = NULL;
+    result = 0;
+done:
+    Py_XDECREF(packed);
+    Py_DECREF(channel);
+    Py_XDECREF(key);
+    Py_XDECREF(aad);
+    Py_XDECREF(outgoing);
+    Py_XDECREF(counter);
+    return result;
+}
+
+PyDoc_STRVAR(seal_fan_out_doc,
+"seal_fan_out(fd, data, members, sender) -> (sent, failures)\n\n"
+"As fan_out, for secure mode: each member but sender whose route has a\n"
+"packed 'sealed_to' address gets data sealed with its key and its channel's\n"
+"next counter (ocm/sealing.py), in one sendmmsg call per 256 recipients.\n"
+"errno 0 in failures: not sealed here (another route, or its key is used\n"
+"up); the caller sends those through their routes.");
+
+static PyObject *seal_fan_out(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int fd;
+    Py_buffer data;
+    PyObject *members, *sender;
+    if (!PyArg_ParseTuple(args, "iy*O!O:seal_fan_out", &fd, &data, &PyList_Type, &members, &sender)) return NULL;
+    if (data.len > 65536) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "seal_fan_out: a datagram is at most 65536 bytes");
+        return NULL;
+    }
+    if (seal_ctx == NULL) {
+        if ((seal_ctx = EVP_CIPHER_CTX_new()) == NULL ||
+            EVP_EncryptInit_ex(seal_ctx, EVP_chacha20_poly1305(), NULL, NULL, NULL) != 1) {
+            EVP_CIPHER_CTX_free(seal_ctx);
+            seal_ctx = NULL;
+            PyBuffer_Release(&data);
+            PyErr_SetString(PyExc_RuntimeError, "libcrypto has no ChaCha20-Poly1305");
+            return NULL;
+        }
+    }
+    size_t stride = (size_t)data.len + COUNTER_SIZE + TAG_SIZE;
+    Py_ssize_t size = PyList_GET_SIZE(members);
+    unsigned capacity = size < 1 ? 1 : size > BATCH ? BATCH : (unsigned)size;
+    /* this call's own buffers: an attribute lookup could run Python code that fans out again */
+    unsigned char *sealed = PyMem_Malloc(capacity * stride);
+    struct mmsghdr *msgs = PyMem_Calloc(capacity, sizeof *msgs);
+    struct iovec *iov = PyMem_Malloc(capacity * sizeof *iov);
+    PyObject **who = PyMem_Malloc(capacity * sizeof *who), **addrs = PyMem_Malloc(capacity * sizeof *addrs);
+    unsigned count = 0;
+    PyObject *failures = NULL;
+    Py_ssize_t sent = 0;
+    if (sealed == NULL || msgs == NULL || iov == NULL || who == NULL || addrs == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(members); i++) {
+        PyObject *member = PyList_GET_ITEM(members, i);
+        if (member == sender) continue;
+        Py_INCREF(member);
+        unsigned char *out = sealed + count * stride;
+        PyObject *to = NULL;
+        int status = seal_for(member, &data, out, &to);
+        if (status != 0) {
+            int failed = status < 0 ? -1 : add_failure(&failures, member, 0);
+            Py_DECREF(member);
+            if (failed < 0) goto error;
+            continue;
+        }
+        iov[count].iov_base = out;
+        iov[count].iov_len = stride;
+        struct msghdr *h = &msgs[count].msg_hdr;
+        memset(h, 0, sizeof *h);
+        h->msg_name = PyBytes_AS_STRING(to);
+        h->msg_namelen = (socklen_t)PyBytes_GET_SIZE(to);
+        h->msg_iov = &iov[count];
+        h->msg_iovlen = 1;
+        who[count] = member;
+        addrs[count] = to;
+        if (++count == capacity) {
+            int status = send_batch(fd, msgs, who, addrs, count, &sent, &failures);
+            count = 0;
+            if (status < 0) goto error;
+        }
+    }
+    if (count > 0) {
+        int status = send_batch(fd, msgs, who, addrs, count, &sent, &failures);
+        count = 0;
+        if (status < 0) goto error;
+    }
+    PyMem_Free(sealed);
+    PyMem_Free(msgs);
+    PyMem_Free(iov);
+    PyMem_Free(who);
+    PyMem_Free(addrs);
+    PyBuffer_Release(&data);
+    if (failures == NULL) return Py_BuildValue("(nO)", sent, Py_None);
+    return Py_BuildValue("(nN)", sent, failures);
+error:
+    for (unsigned j = 0; j < count; j++) {
+        Py_DECREF(addrs[j]);
+        Py_DECREF(who[j]);
+    }
+    PyMem_Free(sealed);
+    PyMem_Free(msgs);
+    PyMem_Free(iov);
+    PyMem_Free(who);
+    PyMem_Free(addrs);
+    PyBuffer_Release(&data);
+    Py_XDECREF(failures);
+    return NULL;
+}
+#endif /* OCM_SEAL */
+
 /* Datagrams per recvmmsg call, at most. */
 #define RECV_MAX 256
 
@@ -256,6 +474,9 @@ static PyMethodDef methods[] = {
     {"pack_address", pack_address, METH_VARARGS, pack_address_doc},
     {"fan_out", fan_out, METH_VARARGS, fan_out_doc},
     {"recv_batch", recv_batch, METH_VARARGS, recv_batch_doc},
+#ifdef OCM_SEAL
+    {"seal_fan_out", seal_fan_out, METH_VARARGS, seal_fan_out_doc},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
@@ -267,5 +488,15 @@ PyMODINIT_FUNC PyInit__ocm_fanout(void)
 {
     sockaddr_attr = PyUnicode_InternFromString("sockaddr");
     if (sockaddr_attr == NULL) return NULL;
+#ifdef OCM_SEAL
+    if ((route_attr = PyUnicode_InternFromString("route")) == NULL ||
+        (sealed_to_attr = PyUnicode_InternFromString("sealed_to")) == NULL ||
+        (channel_attr = PyUnicode_InternFromString("channel")) == NULL ||
+        (key_attr = PyUnicode_InternFromString("key")) == NULL ||
+        (aad_attr = PyUnicode_InternFromString("aad")) == NULL ||
+        (outgoing_attr = PyUnicode_InternFromString("outgoing")) == NULL ||
+        (counter_attr = PyUnicode_InternFromString("counter")) == NULL)
+        return NULL;
+#endif
     return PyModule_Create(&module_def);
 }

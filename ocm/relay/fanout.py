@@ -9,7 +9,9 @@ one loop:
    where a compiler is present: it sends to addresses packed once, when a
    member binds (L{pack_address}), the whole room in one C{sendmmsg} call
    (a C{sendto} per recipient costs 3.4 us from Python, 2.3 us from C,
-   on loopback; the one call takes another 18-30% off);
+   on loopback; the one call takes another 18-30% off); where libcrypto
+   was found at build time, it also seals secure mode's datagrams for
+   each recipient (L{native_sealed_fan_out});
  - the same loop in Python, used where the extension could not be built
    and for transports without a socket (the fakes of the tests).
 
@@ -34,6 +36,9 @@ Address = tuple[str, int]
 
 #: Whether the C loop was built.
 NATIVE = _ocm_fanout is not None
+
+#: Whether it was built with secure mode's seal loop (libcrypto's headers were found).
+SEALING = hasattr(_ocm_fanout, "seal_fan_out")
 
 #: C{recv_batch(fd, count, size) -> [(data, (host, port)), ...]}: up to
 #: C{count} datagrams in one C{recvmmsg} call; None without the C extension.
@@ -78,7 +83,21 @@ def python_fan_out(data: bytes, members: list[Member], sender: Member | None) ->
 def native_fan_out(fd: int) -> FanOut:
     """The C loop on socket C{fd}; members it cannot write (no packed address) go through their routes."""
     assert _ocm_fanout is not None
-    loop = _ocm_fanout.fan_out
+    return _native(_ocm_fanout.fan_out, fd)
+
+
+def native_sealed_fan_out(fd: int) -> FanOut:
+    """
+    Secure mode's C loop on socket C{fd}: each member of a L{SealedUdpRoute
+    <ocm.relay.routes.SealedUdpRoute>} gets the datagram sealed for it (as
+    its route would seal it); the others go through their routes.
+    """
+    assert SEALING and _ocm_fanout is not None
+    return _native(_ocm_fanout.seal_fan_out, fd)
+
+
+def _native(loop: Callable[[int, bytes, list[Member], "Member | None"], tuple[int, Any]], fd: int) -> FanOut:
+    """C{loop} (a C loop) on socket C{fd}, its failures as exceptions, members it left to their routes sent."""
 
     def fan_out(data: bytes, members: list[Member], sender: Member | None) -> tuple[int, Failures | None]:
         sent, failures = loop(fd, data, members, sender)
@@ -107,4 +126,16 @@ def fan_out_of(transport: Any) -> FanOut:
     sock = getattr(transport, "socket", None)
     if _ocm_fanout is not None and sock is not None and hasattr(sock, "fileno"):
         return native_fan_out(sock.fileno())
+    return python_fan_out
+
+
+def sealed_fan_out_of(transport: Any) -> FanOut:
+    """
+    Secure mode's fan-out for C{transport}: the C seal loop on a real port's
+    socket when it was built with libcrypto, else the Python loop (each
+    route seals).
+    """
+    sock = getattr(transport, "socket", None)
+    if SEALING and sock is not None and hasattr(sock, "fileno"):
+        return native_sealed_fan_out(sock.fileno())
     return python_fan_out

@@ -133,6 +133,30 @@ class FanOutTests(unittest.TestCase):
         self.assertEqual(sinks[2].recv(100), b"\x02m1hi")
         self.assertEqual(sinks[3].recv(100), b"\x02m1hi")
 
+    def test_native_route_failures(self) -> None:
+        """
+        A member with no packed address is written by its route; what the
+        route raises comes back as it was raised, beside the others' errnos.
+        """
+        if NEEDS_C:
+            raise unittest.SkipTest(NEEDS_C)
+        sender, members, sinks = self.room(socket.AF_INET, "127.0.0.1", 4)
+        raised = OSError(errno.ENOBUFS, "injected")
+
+        def sendto(data: bytes, addr: Any) -> None:
+            raise raised
+
+        members[2].route = UdpRoute(sendto, members[2].addr)
+        members[2].sockaddr = None
+        members[3].sockaddr = b"\x02\x00"
+        sent, failed = fanout.native_fan_out(sender.fileno())(b"\x02m1hi", members, members[1])
+        self.assertEqual(sent, 1)
+        assert failed is not None
+        self.assertEqual(len(failed), 2)
+        self.assertEqual(failed[0], (members[2], raised))
+        self.assertEqual((failed[1][0], type(failed[1][1]), failed[1][1].errno), (members[3], OSError, errno.EINVAL))  # type: ignore[attr-defined]
+        self.assertEqual(sinks[0].recv(100), b"\x02m1hi")
+
     def test_native_batches(self) -> None:
         """
         A room larger than one C{sendmmsg} batch (256): failures in the middle

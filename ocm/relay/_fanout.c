@@ -25,7 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-static PyObject *sockaddr_attr; /* "sockaddr", interned */
+static PyObject *sockaddr_attr, *route_attr; /* "sockaddr", "route", interned */
 
 PyDoc_STRVAR(pack_address_doc,
 "pack_address(host, port) -> bytes | None\n\n"
@@ -62,21 +62,64 @@ static PyObject *pack_address(PyObject *module, PyObject *args)
 
 PyDoc_STRVAR(fan_out_doc,
 "fan_out(fd, data, members, sender) -> (sent, failures)\n\n"
-"Send data from socket fd to the packed address (its 'sockaddr' attribute)\n"
-"of every object in the list members except sender, in one sendmmsg call\n"
-"per 256 recipients. failures is None, or a list of (member, errno) for\n"
-"each send that failed, errno 0 for a member with no packed address (the\n"
-"caller sends those itself).");
+"Send data (bytes) from socket fd to the packed address (its 'sockaddr'\n"
+"attribute) of every object in the list members except sender, in one\n"
+"sendmmsg call per 256 recipients; a member with no packed address (a\n"
+"tunnel, a WebSocket) is written by its route (member.route.send(data)).\n"
+"sent counts the datagrams written; failures is None, or a list of\n"
+"(member, exception) for each that failed (an OSError with the errno of a\n"
+"failed send, or what the route raised), as ocm/relay/fanout.py's Python\n"
+"loop returns them.");
 
-/* Append (member, err) to *failures (created on first use); -1 on error. */
-static int add_failure(PyObject **failures, PyObject *member, int err)
+static PyObject *send_attr; /* "send", interned */
+
+/* Append (member, exc) to *failures (created on first use); -1 on error. */
+static int add_failure(PyObject **failures, PyObject *member, PyObject *exc)
 {
     if (*failures == NULL && (*failures = PyList_New(0)) == NULL) return -1;
-    PyObject *item = Py_BuildValue("(Oi)", member, err);
+    PyObject *item = PyTuple_Pack(2, member, exc);
     if (item == NULL) return -1;
     int appended = PyList_Append(*failures, item);
     Py_DECREF(item);
     return appended;
+}
+
+/* Append (member, OSError(err)) to *failures; -1 on error. */
+static int errno_failure(PyObject **failures, PyObject *member, int err)
+{
+    /* OSError(errno, text) makes the subclass, as socket.sendto raises it */
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+    if (exc == NULL) return -1;
+    int added = add_failure(failures, member, exc);
+    Py_DECREF(exc);
+    return added;
+}
+
+/*
+ * Write data to member through its route (member.route.send(data)); an
+ * Exception it raises is set aside in *failures, as the Python loop does.
+ * -1 on error (anything else raised, or no memory).
+ */
+static int by_route(PyObject **failures, PyObject *member, PyObject *data, Py_ssize_t *sent)
+{
+    PyObject *route = PyObject_GetAttr(member, route_attr);
+    PyObject *result = route == NULL ? NULL : PyObject_CallMethodOneArg(route, send_attr, data);
+    Py_XDECREF(route);
+    if (result != NULL) {
+        Py_DECREF(result);
+        (*sent)++;
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL) PyException_SetTraceback(value, traceback);
+    int added = value == NULL ? -1 : add_failure(failures, member, value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return added;
 }
 
 /*
@@ -98,7 +141,7 @@ static int send_batch(int fd, struct mmsghdr *msgs, PyObject **who, PyObject **a
             continue;
         }
         int err = n == 0 ? EAGAIN : errno;
-        if (status == 0 && add_failure(failures, who[i], err) < 0) status = -1;
+        if (status == 0 && errno_failure(failures, who[i], err) < 0) status = -1;
         i++;
     }
     for (i = 0; i < count; i++) {
@@ -112,12 +155,11 @@ static PyObject *fan_out(PyObject *module, PyObject *args)
 {
     (void)module;
     int fd;
-    Py_buffer data;
-    PyObject *members, *sender;
-    if (!PyArg_ParseTuple(args, "iy*O!O:fan_out", &fd, &data, &PyList_Type, &members, &sender)) return NULL;
+    PyObject *data, *members, *sender;
+    if (!PyArg_ParseTuple(args, "iO!O!O:fan_out", &fd, &PyBytes_Type, &data, &PyList_Type, &members, &sender)) return NULL;
     struct mmsghdr msgs[BATCH];
     PyObject *who[BATCH], *addrs[BATCH];
-    struct iovec iov = {.iov_base = data.buf, .iov_len = (size_t)data.len};
+    struct iovec iov = {.iov_base = PyBytes_AS_STRING(data), .iov_len = (size_t)PyBytes_GET_SIZE(data)};
     unsigned count = 0;
     PyObject *failures = NULL;
     Py_ssize_t sent = 0;
@@ -131,9 +173,9 @@ static PyObject *fan_out(PyObject *module, PyObject *args)
             Py_DECREF(member);
             goto error;
         }
-        if (!PyBytes_Check(sa)) { /* no packed address: the caller's route sends it */
+        if (!PyBytes_Check(sa)) { /* no packed address: its route writes it */
             Py_DECREF(sa);
-            int failed = add_failure(&failures, member, 0);
+            int failed = by_route(&failures, member, data, &sent);
             Py_DECREF(member);
             if (failed < 0) goto error;
             continue;
@@ -156,7 +198,6 @@ static PyObject *fan_out(PyObject *module, PyObject *args)
         count = 0;
         goto error;
     }
-    PyBuffer_Release(&data);
     if (failures == NULL) return Py_BuildValue("(nO)", sent, Py_None);
     return Py_BuildValue("(nN)", sent, failures);
 error:
@@ -164,7 +205,6 @@ error:
         Py_DECREF(addrs[j]);
         Py_DECREF(who[j]);
     }
-    PyBuffer_Release(&data);
     Py_XDECREF(failures);
     return NULL;
 }
@@ -188,7 +228,7 @@ error:
 #define lookup_attr _PyObject_LookupAttr
 #endif
 
-static PyObject *route_attr, *sealed_to_attr, *channel_attr, *key_attr, *aad_attr, *outgoing_attr, *counter_attr;
+static PyObject *sealed_to_attr, *channel_attr, *key_attr, *aad_attr, *outgoing_attr, *counter_attr;
 static EVP_CIPHER_CTX *seal_ctx;
 
 #define KEY_SIZE 32
@@ -211,12 +251,12 @@ static PyObject *bytes_attr(PyObject *obj, PyObject *name)
 }
 
 /*
- * Seal data for member into out (data.len + 24 bytes) and advance its
+ * Seal data for member into out (len(data) + 24 bytes) and advance its
  * channel's counter; its packed address in *to (a new reference). 0 done;
  * 1 not sealable here (no sealed UDP route, or a counter at its end: the
  * caller's route sends it, or raises); -1 error (an exception is set).
  */
-static int seal_for(PyObject *member, const Py_buffer *data, unsigned char *out, PyObject **to)
+static int seal_for(PyObject *member, PyObject *data, unsigned char *out, PyObject **to)
 {
     PyObject *route = PyObject_GetAttr(member, route_attr);
     if (route == NULL) return -1;
@@ -251,10 +291,11 @@ static int seal_for(PyObject *member, const Py_buffer *data, unsigned char *out,
     int len = 0, tail = 0;
     if (EVP_EncryptInit_ex(seal_ctx, NULL, NULL, (const unsigned char *)PyBytes_AS_STRING(key), nonce) != 1 ||
         EVP_EncryptUpdate(seal_ctx, NULL, &len, (const unsigned char *)PyBytes_AS_STRING(aad), (int)PyBytes_GET_SIZE(aad)) != 1 ||
-        EVP_EncryptUpdate(seal_ctx, out + COUNTER_SIZE, &len, data->buf, (int)data->len) != 1 ||
+        EVP_EncryptUpdate(seal_ctx, out + COUNTER_SIZE, &len, (const unsigned char *)PyBytes_AS_STRING(data),
+                          (int)PyBytes_GET_SIZE(data)) != 1 ||
         EVP_EncryptFinal_ex(seal_ctx, out + COUNTER_SIZE + len, &tail) != 1 ||
-        len + tail != (int)data->len ||
-        EVP_CIPHER_CTX_ctrl(seal_ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, out + COUNTER_SIZE + data->len) != 1)
+        len + tail != (int)PyBytes_GET_SIZE(data) ||
+        EVP_CIPHER_CTX_ctrl(seal_ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, out + COUNTER_SIZE + PyBytes_GET_SIZE(data)) != 1)
         goto done; /* not expected: the Python way seals it, with the same counter */
     PyObject *next;
     if (n < ~0ULL) {
@@ -287,19 +328,17 @@ PyDoc_STRVAR(seal_fan_out_doc,
 "seal_fan_out(fd, data, members, sender) -> (sent, failures)\n\n"
 "As fan_out, for secure mode: each member but sender whose route has a\n"
 "packed 'sealed_to' address gets data sealed with its key and its channel's\n"
-"next counter (ocm/sealing.py), in one sendmmsg call per 256 recipients.\n"
-"errno 0 in failures: not sealed here (another route, or its key is used\n"
-"up); the caller sends those through their routes.");
+"next counter (ocm/sealing.py), in one sendmmsg call per 256 recipients;\n"
+"the others (another route, or a key used up) are written by their routes,\n"
+"which seal. Returns as fan_out.");
 
 static PyObject *seal_fan_out(PyObject *module, PyObject *args)
 {
     (void)module;
     int fd;
-    Py_buffer data;
-    PyObject *members, *sender;
-    if (!PyArg_ParseTuple(args, "iy*O!O:seal_fan_out", &fd, &data, &PyList_Type, &members, &sender)) return NULL;
-    if (data.len > 65536) {
-        PyBuffer_Release(&data);
+    PyObject *data, *members, *sender;
+    if (!PyArg_ParseTuple(args, "iO!O!O:seal_fan_out", &fd, &PyBytes_Type, &data, &PyList_Type, &members, &sender)) return NULL;
+    if (PyBytes_GET_SIZE(data) > 65536) {
         PyErr_SetString(PyExc_ValueError, "seal_fan_out: a datagram is at most 65536 bytes");
         return NULL;
     }
@@ -308,12 +347,11 @@ static PyObject *seal_fan_out(PyObject *module, PyObject *args)
             EVP_EncryptInit_ex(seal_ctx, EVP_chacha20_poly1305(), NULL, NULL, NULL) != 1) {
             EVP_CIPHER_CTX_free(seal_ctx);
             seal_ctx = NULL;
-            PyBuffer_Release(&data);
             PyErr_SetString(PyExc_RuntimeError, "libcrypto has no ChaCha20-Poly1305");
             return NULL;
         }
     }
-    size_t stride = (size_t)data.len + COUNTER_SIZE + TAG_SIZE;
+    size_t stride = (size_t)PyBytes_GET_SIZE(data) + COUNTER_SIZE + TAG_SIZE;
     Py_ssize_t size = PyList_GET_SIZE(members);
     unsigned capacity = size < 1 ? 1 : size > BATCH ? BATCH : (unsigned)size;
     /* this call's own buffers: an attribute lookup could run Python code that fans out again */
@@ -334,9 +372,9 @@ static PyObject *seal_fan_out(PyObject *module, PyObject *args)
         Py_INCREF(member);
         unsigned char *out = sealed + count * stride;
         PyObject *to = NULL;
-        int status = seal_for(member, &data, out, &to);
+        int status = seal_for(member, data, out, &to);
         if (status != 0) {
-            int failed = status < 0 ? -1 : add_failure(&failures, member, 0);
+            int failed = status < 0 ? -1 : by_route(&failures, member, data, &sent);
             Py_DECREF(member);
             if (failed < 0) goto error;
             continue;
@@ -367,7 +405,6 @@ static PyObject *seal_fan_out(PyObject *module, PyObject *args)
     PyMem_Free(iov);
     PyMem_Free(who);
     PyMem_Free(addrs);
-    PyBuffer_Release(&data);
     if (failures == NULL) return Py_BuildValue("(nO)", sent, Py_None);
     return Py_BuildValue("(nN)", sent, failures);
 error:
@@ -380,7 +417,6 @@ error:
     PyMem_Free(iov);
     PyMem_Free(who);
     PyMem_Free(addrs);
-    PyBuffer_Release(&data);
     Py_XDECREF(failures);
     return NULL;
 }
@@ -486,11 +522,12 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__ocm_fanout(void)
 {
-    sockaddr_attr = PyUnicode_InternFromString("sockaddr");
-    if (sockaddr_attr == NULL) return NULL;
+    if ((sockaddr_attr = PyUnicode_InternFromString("sockaddr")) == NULL ||
+        (route_attr = PyUnicode_InternFromString("route")) == NULL ||
+        (send_attr = PyUnicode_InternFromString("send")) == NULL)
+        return NULL;
 #ifdef OCM_SEAL
-    if ((route_attr = PyUnicode_InternFromString("route")) == NULL ||
-        (sealed_to_attr = PyUnicode_InternFromString("sealed_to")) == NULL ||
+    if ((sealed_to_attr = PyUnicode_InternFromString("sealed_to")) == NULL ||
         (channel_attr = PyUnicode_InternFromString("channel")) == NULL ||
         (key_attr = PyUnicode_InternFromString("key")) == NULL ||
         (aad_attr = PyUnicode_InternFromString("aad")) == NULL ||

@@ -21,8 +21,8 @@ one failure cannot silence the rest of the room.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 try:
@@ -81,9 +81,13 @@ def python_fan_out(data: bytes, members: list[Member], sender: Member | None) ->
 
 
 def native_fan_out(fd: int) -> FanOut:
-    """The C loop on socket C{fd}; members it cannot write (no packed address) go through their routes."""
+    """
+    The C loop on socket C{fd}; members it cannot write (no packed address)
+    it writes through their routes.  It returns its failures as the Python
+    loop does, so it is called directly, without a Python frame between.
+    """
     assert _ocm_fanout is not None
-    return _native(_ocm_fanout.fan_out, fd)
+    return partial(_ocm_fanout.fan_out, fd)
 
 
 def native_sealed_fan_out(fd: int) -> FanOut:
@@ -93,29 +97,7 @@ def native_sealed_fan_out(fd: int) -> FanOut:
     its route would seal it); the others go through their routes.
     """
     assert SEALING and _ocm_fanout is not None
-    return _native(_ocm_fanout.seal_fan_out, fd)
-
-
-def _native(loop: Callable[[int, bytes, list[Member], "Member | None"], tuple[int, Any]], fd: int) -> FanOut:
-    """C{loop} (a C loop) on socket C{fd}, its failures as exceptions, members it left to their routes sent."""
-
-    def fan_out(data: bytes, members: list[Member], sender: Member | None) -> tuple[int, Failures | None]:
-        sent, failures = loop(fd, data, members, sender)
-        if failures is None:
-            return sent, None
-        failed: Failures = []
-        for member, err in failures:
-            if err:
-                failed.append((member, OSError(err, os.strerror(err))))
-                continue
-            try:  # no packed address: a tunnel, a WebSocket
-                member.route.send(data)  # type: ignore[union-attr]
-                sent += 1
-            except Exception as e:
-                failed.append((member, e))
-        return sent, failed or None
-
-    return fan_out
+    return partial(_ocm_fanout.seal_fan_out, fd)
 
 
 def fan_out_of(transport: Any) -> FanOut:

@@ -201,6 +201,25 @@ class FanOutTests(unittest.TestCase):
         self.assertEqual([(m, e.errno) for m, e in failed], [(members[0], errno.ENOBUFS)])  # type: ignore[attr-defined]
         self.assertEqual(sinks[2].recv(100), b"\x02m1hi")
 
+    def test_older_build_not_used(self) -> None:
+        """A C module built from older source (another interface version) is not used: the Python loops run."""
+        import importlib.util
+        import sys
+        import types
+        from unittest import mock
+
+        spec = importlib.util.spec_from_file_location("fanout_with_an_old_build", fanout.__file__)
+        assert spec is not None and spec.loader is not None
+        for old in (types.ModuleType("_ocm_fanout"), types.SimpleNamespace(API=fanout.API + 1)):
+            copy = importlib.util.module_from_spec(spec)
+            with mock.patch.dict(sys.modules, {"_ocm_fanout": old}):
+                spec.loader.exec_module(copy)
+            self.assertEqual((copy.NATIVE, copy.SEALING, copy.recv_batch), (False, False, None))  # type: ignore[attr-defined]
+        if fanout.NATIVE:
+            import _ocm_fanout
+
+            self.assertEqual(_ocm_fanout.API, fanout.API)
+
     def test_choice(self) -> None:
         """A fake transport gets the Python loop; a real socket the C one when built."""
         self.assertIs(fanout.fan_out_of(FakeDatagramTransport()), fanout.python_fan_out)

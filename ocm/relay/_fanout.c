@@ -25,6 +25,11 @@
 #include <string.h>
 #include <sys/socket.h>
 
+/* What ocm/relay/fanout.py expects of this module (it runs the Python loops
+ * when an older build is found): 2 = fan_out returns exceptions and writes
+ * route-only members itself; recv_batch. */
+#define OCM_FANOUT_API 2
+
 static PyObject *sockaddr_attr, *route_attr; /* "sockaddr", "route", interned */
 
 PyDoc_STRVAR(pack_address_doc,
@@ -535,5 +540,10 @@ PyMODINIT_FUNC PyInit__ocm_fanout(void)
         (counter_attr = PyUnicode_InternFromString("counter")) == NULL)
         return NULL;
 #endif
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    if (module != NULL && PyModule_AddIntConstant(module, "API", OCM_FANOUT_API) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

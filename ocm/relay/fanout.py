@@ -30,6 +30,11 @@ try:
 except ImportError:  # no compiler at install time: the Python loop
     _ocm_fanout = None  # type: ignore[assignment]
 
+#: The version of the C module's interface this code speaks (C{API} in C{_fanout.c}).
+API = 2
+if getattr(_ocm_fanout, "API", 1) != API:  # built from older source (not rebuilt since): not used
+    _ocm_fanout = None  # type: ignore[assignment]
+
 from ocm.rooms import Member
 
 Address = tuple[str, int]

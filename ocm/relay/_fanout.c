@@ -2,26 +2,35 @@
  * _ocm_fanout: the relay's fan-out loop in C.
  *
  * Why: at the assignment's load almost all of the server's time is the
- * sendto of the fan-out, one call per recipient. Measured to the same sink
- * sockets, a sendto costs 3.4 us from Python (socket.sendto parses its
- * arguments and address tuple and releases and retakes the GIL on every
- * call) and 2.3 us from this loop. The addresses are packed once, when a
- * member binds (pack_address), so the loop does nothing but the system call.
+ * system calls of the fan-out. Measured to the same sink sockets, a sendto
+ * costs 3.4 us from Python (socket.sendto parses its arguments and address
+ * tuple and releases and retakes the GIL on every call) and 2.3 us from a
+ * loop in C; one sendmmsg for the whole room (Python's socket has none)
+ * took another 18-30% off the relay's cost per relayed datagram in
+ * bench/relay_bench.py. The addresses are packed once, when a member binds
+ * (pack_address), so the loop does nothing but fill the message headers.
  *
  * Optional: when this module cannot be built, ocm/relay/fanout.py runs the same
  * loop in Python. Nothing here blocks (the socket is non-blocking and
  * MSG_DONTWAIT is passed), so the GIL is kept.
  */
+#define _GNU_SOURCE /* sendmmsg, recvmmsg */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
 
-static PyObject *sockaddr_attr; /* "sockaddr", interned */
+/* What ocm/relay/fanout.py expects of this module (it runs the Python loops
+ * when an older build is found): 2 = fan_out returns exceptions and writes
+ * route-only members itself; recv_batch. */
+#define OCM_FANOUT_API 2
+
+static PyObject *sockaddr_attr, *route_attr; /* "sockaddr", "route", interned */
 
 PyDoc_STRVAR(pack_address_doc,
 "pack_address(host, port) -> bytes | None\n\n"
@@ -52,22 +61,114 @@ static PyObject *pack_address(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Recipients per sendmmsg call: a room's fan-out goes out in one call up to
+ * this size (the kernel takes at most UIO_MAXIOV, 1024, a call). */
+#define BATCH 256
+
 PyDoc_STRVAR(fan_out_doc,
 "fan_out(fd, data, members, sender) -> (sent, failures)\n\n"
-"Send data from socket fd to the packed address (its 'sockaddr' attribute)\n"
-"of every object in the list members except sender. failures is None, or a\n"
-"list of (member, errno) for each send that failed, errno 0 for a member\n"
-"with no packed address (the caller sends those itself).");
+"Send data (bytes) from socket fd to the packed address (its 'sockaddr'\n"
+"attribute) of every object in the list members except sender, in one\n"
+"sendmmsg call per 256 recipients; a member with no packed address (a\n"
+"tunnel, a WebSocket) is written by its route (member.route.send(data)).\n"
+"sent counts the datagrams written; failures is None, or a list of\n"
+"(member, exception) for each that failed (an OSError with the errno of a\n"
+"failed send, or what the route raised), as ocm/relay/fanout.py's Python\n"
+"loop returns them.");
+
+static PyObject *send_attr; /* "send", interned */
+
+/* Append (member, exc) to *failures (created on first use); -1 on error. */
+static int add_failure(PyObject **failures, PyObject *member, PyObject *exc)
+{
+    if (*failures == NULL && (*failures = PyList_New(0)) == NULL) return -1;
+    PyObject *item = PyTuple_Pack(2, member, exc);
+    if (item == NULL) return -1;
+    int appended = PyList_Append(*failures, item);
+    Py_DECREF(item);
+    return appended;
+}
+
+/* Append (member, OSError(err)) to *failures; -1 on error. */
+static int errno_failure(PyObject **failures, PyObject *member, int err)
+{
+    /* OSError(errno, text) makes the subclass, as socket.sendto raises it */
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+    if (exc == NULL) return -1;
+    int added = add_failure(failures, member, exc);
+    Py_DECREF(exc);
+    return added;
+}
+
+/*
+ * Write data to member through its route (member.route.send(data)); an
+ * Exception it raises is set aside in *failures, as the Python loop does.
+ * -1 on error (anything else raised, or no memory).
+ */
+static int by_route(PyObject **failures, PyObject *member, PyObject *data, Py_ssize_t *sent)
+{
+    PyObject *route = PyObject_GetAttr(member, route_attr);
+    PyObject *result = route == NULL ? NULL : PyObject_CallMethodOneArg(route, send_attr, data);
+    Py_XDECREF(route);
+    if (result != NULL) {
+        Py_DECREF(result);
+        (*sent)++;
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL) PyException_SetTraceback(value, traceback);
+    int added = value == NULL ? -1 : add_failure(failures, member, value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return added;
+}
+
+/*
+ * Send the batch: msgs[0..count) to who[0..count). sendmmsg stops at the
+ * first message that fails (and reports that error only when it is the
+ * first of the call): that member's errno is recorded and the rest of the
+ * batch is sent on. Drops the references the batch holds.
+ */
+static int send_batch(int fd, struct mmsghdr *msgs, PyObject **who, PyObject **addrs, unsigned count,
+                      Py_ssize_t *sent, PyObject **failures)
+{
+    int status = 0;
+    unsigned i = 0;
+    while (i < count) {
+        int n = sendmmsg(fd, msgs + i, count - i, MSG_DONTWAIT);
+        if (n > 0) {
+            *sent += n;
+            i += (unsigned)n;
+            continue;
+        }
+        int err = n == 0 ? EAGAIN : errno;
+        if (status == 0 && errno_failure(failures, who[i], err) < 0) status = -1;
+        i++;
+    }
+    for (i = 0; i < count; i++) {
+        Py_DECREF(addrs[i]);
+        Py_DECREF(who[i]);
+    }
+    return status;
+}
 
 static PyObject *fan_out(PyObject *module, PyObject *args)
 {
     (void)module;
     int fd;
-    Py_buffer data;
-    PyObject *members, *sender;
-    if (!PyArg_ParseTuple(args, "iy*O!O:fan_out", &fd, &data, &PyList_Type, &members, &sender)) return NULL;
+    PyObject *data, *members, *sender;
+    if (!PyArg_ParseTuple(args, "iO!O!O:fan_out", &fd, &PyBytes_Type, &data, &PyList_Type, &members, &sender)) return NULL;
+    struct mmsghdr msgs[BATCH];
+    PyObject *who[BATCH], *addrs[BATCH];
+    struct iovec iov = {.iov_base = PyBytes_AS_STRING(data), .iov_len = (size_t)PyBytes_GET_SIZE(data)};
+    unsigned count = 0;
     PyObject *failures = NULL;
     Py_ssize_t sent = 0;
+    /* members may change size if an attribute lookup runs Python code: index each time */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(members); i++) {
         PyObject *member = PyList_GET_ITEM(members, i);
         if (member == sender) continue;
@@ -77,38 +178,346 @@ static PyObject *fan_out(PyObject *module, PyObject *args)
             Py_DECREF(member);
             goto error;
         }
-        int err = 0;
-        if (PyBytes_Check(sa)) {
-            if (sendto(fd, data.buf, (size_t)data.len, MSG_DONTWAIT, (const struct sockaddr *)PyBytes_AS_STRING(sa),
-                       (socklen_t)PyBytes_GET_SIZE(sa)) >= 0) {
-                Py_DECREF(sa);
-                Py_DECREF(member);
-                sent++;
-                continue;
-            }
-            err = errno;
+        if (!PyBytes_Check(sa)) { /* no packed address: its route writes it */
+            Py_DECREF(sa);
+            int failed = by_route(&failures, member, data, &sent);
+            Py_DECREF(member);
+            if (failed < 0) goto error;
+            continue;
         }
-        Py_DECREF(sa);
-        PyObject *item = NULL;
-        if (failures != NULL || (failures = PyList_New(0)) != NULL) item = Py_BuildValue("(Oi)", member, err);
-        Py_DECREF(member);
-        if (item == NULL) goto error;
-        int appended = PyList_Append(failures, item);
-        Py_DECREF(item);
-        if (appended < 0) goto error;
+        struct msghdr *h = &msgs[count].msg_hdr;
+        memset(h, 0, sizeof *h);
+        h->msg_name = PyBytes_AS_STRING(sa);
+        h->msg_namelen = (socklen_t)PyBytes_GET_SIZE(sa);
+        h->msg_iov = &iov;
+        h->msg_iovlen = 1;
+        who[count] = member;
+        addrs[count] = sa;
+        if (++count == BATCH) {
+            int status = send_batch(fd, msgs, who, addrs, count, &sent, &failures);
+            count = 0;
+            if (status < 0) goto error;
+        }
     }
-    PyBuffer_Release(&data);
+    if (count > 0 && send_batch(fd, msgs, who, addrs, count, &sent, &failures) < 0) {
+        count = 0;
+        goto error;
+    }
     if (failures == NULL) return Py_BuildValue("(nO)", sent, Py_None);
     return Py_BuildValue("(nN)", sent, failures);
 error:
-    PyBuffer_Release(&data);
+    for (unsigned j = 0; j < count; j++) {
+        Py_DECREF(addrs[j]);
+        Py_DECREF(who[j]);
+    }
     Py_XDECREF(failures);
     return NULL;
+}
+
+#ifdef OCM_SEAL
+/*
+ * Secure mode (docs/secure.rst): the same loop, each datagram sealed for its
+ * recipient with ChaCha20-Poly1305 through libcrypto's EVP interface, as
+ * ocm/sealing.py's Channel.seal does it: Counter (8, big-endian) |
+ * Ciphertext | Tag (16), nonce = the channel's direction (4) | Counter,
+ * associated data = the member's clear header; the channel's counter then
+ * grows by one. The cryptography package runs the same OpenSSL code, but a
+ * call from Python per recipient (and a sendto) costs several times the
+ * sealing itself. Built only where libcrypto's headers are found (setup.py).
+ */
+#include <openssl/evp.h>
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define lookup_attr PyObject_GetOptionalAttr
+#else
+#define lookup_attr _PyObject_LookupAttr
+#endif
+
+static PyObject *sealed_to_attr, *channel_attr, *key_attr, *aad_attr, *outgoing_attr, *counter_attr;
+static EVP_CIPHER_CTX *seal_ctx;
+
+#define KEY_SIZE 32
+#define COUNTER_SIZE 8
+#define TAG_SIZE 16
+
+/* Bytes attribute name of obj, or NULL (no exception) if it is missing or not bytes. */
+static PyObject *bytes_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!PyBytes_Check(value)) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    return value;
+}
+
+/*
+ * Seal data for member into out (len(data) + 24 bytes) and advance its
+ * channel's counter; its packed address in *to (a new reference). 0 done;
+ * 1 not sealable here (no sealed UDP route, or a counter at its end: the
+ * caller's route sends it, or raises); -1 error (an exception is set).
+ */
+static int seal_for(PyObject *member, PyObject *data, unsigned char *out, PyObject **to)
+{
+    PyObject *route = PyObject_GetAttr(member, route_attr);
+    if (route == NULL) return -1;
+    PyObject *packed = NULL;
+    int found = lookup_attr(route, sealed_to_attr, &packed);
+    Py_DECREF(route);
+    if (found < 0) return -1;
+    if (found == 0 || !PyBytes_Check(packed)) {
+        Py_XDECREF(packed);
+        return 1;
+    }
+    int result = 1;
+    PyObject *channel = PyObject_GetAttr(member, channel_attr);
+    if (channel == NULL) {
+        Py_DECREF(packed);
+        return -1;
+    }
+    PyObject *key = bytes_attr(member, key_attr), *aad = bytes_attr(channel, aad_attr);
+    PyObject *outgoing = bytes_attr(channel, outgoing_attr), *counter = PyObject_GetAttr(channel, counter_attr);
+    if (counter == NULL) PyErr_Clear();
+    if (key == NULL || aad == NULL || outgoing == NULL || counter == NULL || !PyLong_Check(counter) ||
+        PyBytes_GET_SIZE(key) != KEY_SIZE || PyBytes_GET_SIZE(outgoing) != 4 || PyBytes_GET_SIZE(aad) > INT_MAX)
+        goto done;
+    unsigned long long n = PyLong_AsUnsignedLongLong(counter);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) { /* negative, or past 2**64 - 1: Python's seal raises */
+        PyErr_Clear();
+        goto done;
+    }
+    unsigned char nonce[12];
+    memcpy(nonce, PyBytes_AS_STRING(outgoing), 4);
+    for (int b = 0; b < COUNTER_SIZE; b++) out[b] = nonce[4 + b] = (unsigned char)(n >> (8 * (COUNTER_SIZE - 1 - b)));
+    int len = 0, tail = 0;
+    if (EVP_EncryptInit_ex(seal_ctx, NULL, NULL, (const unsigned char *)PyBytes_AS_STRING(key), nonce) != 1 ||
+        EVP_EncryptUpdate(seal_ctx, NULL, &len, (const unsigned char *)PyBytes_AS_STRING(aad), (int)PyBytes_GET_SIZE(aad)) != 1 ||
+        EVP_EncryptUpdate(seal_ctx, out + COUNTER_SIZE, &len, (const unsigned char *)PyBytes_AS_STRING(data),
+                          (int)PyBytes_GET_SIZE(data)) != 1 ||
+        EVP_EncryptFinal_ex(seal_ctx, out + COUNTER_SIZE + len, &tail) != 1 ||
+        len + tail != (int)PyBytes_GET_SIZE(data) ||
+        EVP_CIPHER_CTX_ctrl(seal_ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, out + COUNTER_SIZE + PyBytes_GET_SIZE(data)) != 1)
+        goto done; /* not expected: the Python way seals it, with the same counter */
+    PyObject *next;
+    if (n < ~0ULL) {
+        next = PyLong_FromUnsignedLongLong(n + 1);
+    } else { /* the last counter: 2**64 after it, which the next seal refuses */
+        PyObject *one = PyLong_FromLong(1);
+        next = one == NULL ? NULL : PyNumber_Add(counter, one);
+        Py_XDECREF(one);
+    }
+    if (next == NULL || PyObject_SetAttr(channel, counter_attr, next) < 0) {
+        Py_XDECREF(next);
+        result = -1;
+        goto done;
+    }
+    Py_DECREF(next);
+    *to = packed;
+    packed = NULL;
+    result = 0;
+done:
+    Py_XDECREF(packed);
+    Py_DECREF(channel);
+    Py_XDECREF(key);
+    Py_XDECREF(aad);
+    Py_XDECREF(outgoing);
+    Py_XDECREF(counter);
+    return result;
+}
+
+PyDoc_STRVAR(seal_fan_out_doc,
+"seal_fan_out(fd, data, members, sender) -> (sent, failures)\n\n"
+"As fan_out, for secure mode: each member but sender whose route has a\n"
+"packed 'sealed_to' address gets data sealed with its key and its channel's\n"
+"next counter (ocm/sealing.py), in one sendmmsg call per 256 recipients;\n"
+"the others (another route, or a key used up) are written by their routes,\n"
+"which seal. Returns as fan_out.");
+
+static PyObject *seal_fan_out(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int fd;
+    PyObject *data, *members, *sender;
+    if (!PyArg_ParseTuple(args, "iO!O!O:seal_fan_out", &fd, &PyBytes_Type, &data, &PyList_Type, &members, &sender)) return NULL;
+    if (PyBytes_GET_SIZE(data) > 65536) {
+        PyErr_SetString(PyExc_ValueError, "seal_fan_out: a datagram is at most 65536 bytes");
+        return NULL;
+    }
+    if (seal_ctx == NULL) {
+        if ((seal_ctx = EVP_CIPHER_CTX_new()) == NULL ||
+            EVP_EncryptInit_ex(seal_ctx, EVP_chacha20_poly1305(), NULL, NULL, NULL) != 1) {
+            EVP_CIPHER_CTX_free(seal_ctx);
+            seal_ctx = NULL;
+            PyErr_SetString(PyExc_RuntimeError, "libcrypto has no ChaCha20-Poly1305");
+            return NULL;
+        }
+    }
+    size_t stride = (size_t)PyBytes_GET_SIZE(data) + COUNTER_SIZE + TAG_SIZE;
+    Py_ssize_t size = PyList_GET_SIZE(members);
+    unsigned capacity = size < 1 ? 1 : size > BATCH ? BATCH : (unsigned)size;
+    /* this call's own buffers: an attribute lookup could run Python code that fans out again */
+    unsigned char *sealed = PyMem_Malloc(capacity * stride);
+    struct mmsghdr *msgs = PyMem_Calloc(capacity, sizeof *msgs);
+    struct iovec *iov = PyMem_Malloc(capacity * sizeof *iov);
+    PyObject **who = PyMem_Malloc(capacity * sizeof *who), **addrs = PyMem_Malloc(capacity * sizeof *addrs);
+    unsigned count = 0;
+    PyObject *failures = NULL;
+    Py_ssize_t sent = 0;
+    if (sealed == NULL || msgs == NULL || iov == NULL || who == NULL || addrs == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(members); i++) {
+        PyObject *member = PyList_GET_ITEM(members, i);
+        if (member == sender) continue;
+        Py_INCREF(member);
+        unsigned char *out = sealed + count * stride;
+        PyObject *to = NULL;
+        int status = seal_for(member, data, out, &to);
+        if (status != 0) {
+            int failed = status < 0 ? -1 : by_route(&failures, member, data, &sent);
+            Py_DECREF(member);
+            if (failed < 0) goto error;
+            continue;
+        }
+        iov[count].iov_base = out;
+        iov[count].iov_len = stride;
+        struct msghdr *h = &msgs[count].msg_hdr;
+        memset(h, 0, sizeof *h);
+        h->msg_name = PyBytes_AS_STRING(to);
+        h->msg_namelen = (socklen_t)PyBytes_GET_SIZE(to);
+        h->msg_iov = &iov[count];
+        h->msg_iovlen = 1;
+        who[count] = member;
+        addrs[count] = to;
+        if (++count == capacity) {
+            int status = send_batch(fd, msgs, who, addrs, count, &sent, &failures);
+            count = 0;
+            if (status < 0) goto error;
+        }
+    }
+    if (count > 0) {
+        int status = send_batch(fd, msgs, who, addrs, count, &sent, &failures);
+        count = 0;
+        if (status < 0) goto error;
+    }
+    PyMem_Free(sealed);
+    PyMem_Free(msgs);
+    PyMem_Free(iov);
+    PyMem_Free(who);
+    PyMem_Free(addrs);
+    if (failures == NULL) return Py_BuildValue("(nO)", sent, Py_None);
+    return Py_BuildValue("(nN)", sent, failures);
+error:
+    for (unsigned j = 0; j < count; j++) {
+        Py_DECREF(addrs[j]);
+        Py_DECREF(who[j]);
+    }
+    PyMem_Free(sealed);
+    PyMem_Free(msgs);
+    PyMem_Free(iov);
+    PyMem_Free(who);
+    PyMem_Free(addrs);
+    Py_XDECREF(failures);
+    return NULL;
+}
+#endif /* OCM_SEAL */
+
+/* Datagrams per recvmmsg call, at most. */
+#define RECV_MAX 256
+
+PyDoc_STRVAR(recv_batch_doc,
+"recv_batch(fd, count, size) -> list of (bytes, (host, port))\n\n"
+"Read up to count (at most 256) waiting datagrams from socket fd in one\n"
+"recvmmsg call, each into a size-byte buffer (a longer one arrives cut to\n"
+"size bytes, as recvfrom gives it), with its source as recvfrom gives an\n"
+"IPv4 one, or IPv6 without flow info and scope id. Empty when nothing waits;\n"
+"OSError for any other error.");
+
+static char *recv_buffers;      /* RECV_MAX * recv_size bytes, kept between calls */
+static size_t recv_size;
+
+static PyObject *address_of(const struct sockaddr_storage *from)
+{
+    char host[INET6_ADDRSTRLEN];
+    int port;
+    if (from->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)from;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        port = ntohs(a->sin_port);
+    } else if (from->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)from;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        port = ntohs(a->sin6_port);
+    } else {
+        Py_RETURN_NONE; /* not from an IP socket: the checks drop it */
+    }
+    return Py_BuildValue("(si)", host, port);
+}
+
+static PyObject *recv_batch(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int fd, count;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "iin:recv_batch", &fd, &count, &size)) return NULL;
+    if (count < 1 || count > RECV_MAX || size < 1 || size > 65536) {
+        PyErr_SetString(PyExc_ValueError, "recv_batch: count must be 1..256 and size 1..65536");
+        return NULL;
+    }
+    if (recv_size != (size_t)size) {
+        char *buffers = PyMem_Realloc(recv_buffers, (size_t)RECV_MAX * (size_t)size);
+        if (buffers == NULL) return PyErr_NoMemory();
+        recv_buffers = buffers;
+        recv_size = (size_t)size;
+    }
+    struct mmsghdr msgs[RECV_MAX];
+    struct iovec iov[RECV_MAX];
+    struct sockaddr_storage from[RECV_MAX];
+    for (int i = 0; i < count; i++) {
+        iov[i].iov_base = recv_buffers + (size_t)i * recv_size;
+        iov[i].iov_len = recv_size;
+        memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+        msgs[i].msg_hdr.msg_name = &from[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int n = recvmmsg(fd, msgs, (unsigned)count, MSG_DONTWAIT, NULL);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return PyList_New(0);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *batch = PyList_New(n);
+    if (batch == NULL) return NULL;
+    for (int i = 0; i < n; i++) {
+        /* msg_len is what was copied: a datagram longer than the buffer
+         * (MSG_TRUNC) arrives cut to size bytes, as recvfrom cuts it */
+        PyObject *data = PyBytes_FromStringAndSize(iov[i].iov_base, (Py_ssize_t)msgs[i].msg_len);
+        PyObject *addr = data == NULL ? NULL : address_of(&from[i]);
+        PyObject *item = addr == NULL ? NULL : PyTuple_Pack(2, data, addr);
+        Py_XDECREF(data);
+        Py_XDECREF(addr);
+        if (item == NULL) {
+            Py_DECREF(batch);
+            return NULL;
+        }
+        PyList_SET_ITEM(batch, i, item);
+    }
+    return batch;
 }
 
 static PyMethodDef methods[] = {
     {"pack_address", pack_address, METH_VARARGS, pack_address_doc},
     {"fan_out", fan_out, METH_VARARGS, fan_out_doc},
+    {"recv_batch", recv_batch, METH_VARARGS, recv_batch_doc},
+#ifdef OCM_SEAL
+    {"seal_fan_out", seal_fan_out, METH_VARARGS, seal_fan_out_doc},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
@@ -118,7 +527,23 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__ocm_fanout(void)
 {
-    sockaddr_attr = PyUnicode_InternFromString("sockaddr");
-    if (sockaddr_attr == NULL) return NULL;
-    return PyModule_Create(&module_def);
+    if ((sockaddr_attr = PyUnicode_InternFromString("sockaddr")) == NULL ||
+        (route_attr = PyUnicode_InternFromString("route")) == NULL ||
+        (send_attr = PyUnicode_InternFromString("send")) == NULL)
+        return NULL;
+#ifdef OCM_SEAL
+    if ((sealed_to_attr = PyUnicode_InternFromString("sealed_to")) == NULL ||
+        (channel_attr = PyUnicode_InternFromString("channel")) == NULL ||
+        (key_attr = PyUnicode_InternFromString("key")) == NULL ||
+        (aad_attr = PyUnicode_InternFromString("aad")) == NULL ||
+        (outgoing_attr = PyUnicode_InternFromString("outgoing")) == NULL ||
+        (counter_attr = PyUnicode_InternFromString("counter")) == NULL)
+        return NULL;
+#endif
+    PyObject *module = PyModule_Create(&module_def);
+    if (module != NULL && PyModule_AddIntConstant(module, "API", OCM_FANOUT_API) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

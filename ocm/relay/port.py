@@ -6,17 +6,25 @@ Under a junk flood the server does little but read and drop: measured at
 per-datagram bookkeeping in C{udp.Port.doRead} (a byte count, an address
 family test, attribute lookups, a C{log.err} frame) another 14%. This loop
 hoists the lookups out and reads a bounded burst before returning to the
-reactor, so that timers and TCRP still get their turn.
+reactor, so that timers and TCRP still get their turn.  Where the C
+extension is built it reads in batches, one C{recvmmsg} call for up to
+L{RECV_BATCH} datagrams (Python's socket has no C{recvmmsg}): measured
+draining 2,000 waiting datagrams, 1.3-1.5 us a datagram against 2.0-2.6 us
+with C{recvfrom}, and no C{BlockingIOError} raised to learn that the socket
+is drained.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import internet
 from twisted.internet import udp
 from twisted.logger import Logger
+
+from ocm.relay.fanout import recv_batch
 
 log = Logger()
 
@@ -27,12 +35,18 @@ log = Logger()
 # small datagrams) 4-5%, 4096 0-0.7%.
 READ_BURST = 4096
 
+# Datagrams read per system call where the C extension is built (C{recvmmsg}).
+RECV_BATCH = 64
+
 
 class FastPort(udp.Port):
     """C{udp.Port} with a leaner C{doRead}; everything else is Twisted's."""
 
     def doRead(self) -> None:
         """Read up to L{READ_BURST} datagrams and hand each to the protocol."""
+        if recv_batch is not None:
+            self._read_batches(recv_batch)
+            return
         recvfrom = self.socket.recvfrom
         size = self.maxPacketSize
         handle = self.protocol.datagramReceived
@@ -51,6 +65,27 @@ class FastPort(udp.Port):
                 handle(data, addr)
             except Exception:
                 log.failure("datagram handler failed")
+
+    def _read_batches(self, recv: Callable[[int, int, int], list[tuple[bytes, Any]]]) -> None:
+        """The same, L{RECV_BATCH} datagrams a system call (C{recvmmsg}, in C)."""
+        fd = self.socket.fileno()
+        size = self.maxPacketSize
+        handle = self.protocol.datagramReceived
+        for _ in range(READ_BURST // RECV_BATCH):
+            try:
+                batch = recv(fd, RECV_BATCH, size)
+            except ConnectionRefusedError:
+                return  # an ICMP error for an earlier send
+            except OSError:
+                log.failure("reading from the UDP port failed")
+                return
+            for data, addr in batch:
+                try:
+                    handle(data, addr)
+                except Exception:
+                    log.failure("datagram handler failed")
+            if len(batch) < RECV_BATCH:
+                return  # drained: the reactor calls again when more arrive
 
 
 class FastUDPServer(internet.UDPServer):

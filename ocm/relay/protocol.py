@@ -19,7 +19,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ocm import wire
-from ocm.relay.fanout import NATIVE, FanOut, Failures, fan_out_of, python_fan_out
+from ocm.relay.fanout import NATIVE, SEALING, FanOut, Failures, fan_out_of, sealed_fan_out_of
 from ocm.relay.routes import Connection, SealedRoute, SealedUdpRoute, UdpRoute
 from ocm.relay.sending import enlarge_receive_buffer, is_overload, sendto_of
 from ocm.relay.tunnel import Tunnel
@@ -413,10 +413,12 @@ class SecureRelay(Relay):
     """
 
     def _fan_out_for(self, transport: Any) -> FanOut:
-        """The Python loop: each datagram is sealed by its recipient's route."""
-        return python_fan_out
+        """Each datagram sealed for its recipient: by the C seal loop where it was built, else by its route."""
+        return sealed_fan_out_of(transport)
 
     def _loop_name(self) -> str:
+        if SEALING:
+            return "C (secure mode: sealed for each recipient, libcrypto)"
         return "Python (secure mode: sealed for each recipient)"
 
     def _udp_route(self, member: Member, addr: Address) -> Route:

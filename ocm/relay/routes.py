@@ -8,7 +8,8 @@ loop cannot reach it, every chat message:
  - L{UdpRoute}: a UDP (IP, port) of the relay's port; the C loop writes
    to its packed address directly;
  - L{SealedUdpRoute}: the same in secure mode, each datagram sealed with
-   the member's own key (so the Python loop writes it);
+   the member's own key (by the C seal loop where it was built, else by
+   the route itself);
  - a L{Connection} (a TCP tunnel, L{ocm.relay.tunnel}; a WebSocket) is a
    route of its own: it carries only its member's datagrams;
  - L{SealedRoute}: a connection's member in secure mode, sealed.
@@ -49,11 +50,15 @@ class UdpRoute:
 class SealedUdpRoute(UdpRoute):
     """Secure mode: a UDP member, every datagram sealed for it (docs/secure.rst)."""
 
-    __slots__ = ("_seal",)
+    __slots__ = ("_seal", "sealed_to")
 
     def __init__(self, sendto: Callable[[bytes, Address], Any], peer: Address, channel: Channel) -> None:
         super().__init__(sendto, peer)
-        self.sockaddr = None  # the C loop cannot seal: the Python loop writes it
+        #: The packed address for the C seal loop (L{ocm.relay.fanout.native_sealed_fan_out}),
+        #: which seals with the member's key and channel; never the plain C loop's
+        #: C{sockaddr}, so that nothing can send this member a datagram in the clear.
+        self.sealed_to = self.sockaddr
+        self.sockaddr = None
         self._seal = channel.seal
 
     def send(self, data: bytes) -> None:

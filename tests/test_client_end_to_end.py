@@ -268,6 +268,7 @@ class InteractiveTests(ClientCase):
         child.send("二行目")
         await expect("二行目")
         self.assertNotIn("*****", child.before or "")
+        await sleep(0.5)  # the next prompt up (raw mode) before the ^D
         child.sendcontrol("d")
         host.close_stdin()
 
@@ -286,5 +287,6 @@ class InteractiveTests(ClientCase):
         await expect("guest: 割り込み")
         child.sendline("です")
         await wait_until(lambda: any(line.endswith("ぼく: 半分だけです") for line in guest.lines), 10, "the whole line")
+        await sleep(0.5)  # the next prompt up (raw mode) before the ^D
         child.sendcontrol("d")
         await wait_until(lambda: guest.has("* room closed: the host left"), 10)

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from ocm import wire
 from ocm.client import render
 from ocm.client.session import EXIT_DISCONNECTED, EXIT_OK, Ending, LobbySession
-from tests.helpers import FakeDatagramTransport, wait_until
+from tests.helpers import FakeDatagramTransport, sleep, wait_until
 from tests.test_client_edges import SERVER, Lines, SessionCase, exited
 from tests.test_client_end_to_end import ClientCase
 
@@ -306,8 +306,11 @@ class CompletionInTerminalTests(ClientCase):
         child.send("al\t")
         await expect("alice")
         child.sendline("psst")
+        # the next prompt must be up before the ^D (typed between two prompts,
+        # with the terminal in cooked mode, it is the line discipline's EOF and lost)
+        await sleep(0.5)
         child.sendcontrol("d")
-        code, output = await exited(child)
+        code, output = await exited(child, 10.0)
         self.assertEqual(code, EXIT_OK, output)
         await wait_until(lambda: alice.has("* bob left"), 5, "bob's leave")
         alice.close_stdin()

@@ -14,6 +14,8 @@ from twisted.trial import unittest
 from ocm.cluster import wire as cw
 from ocm import wire
 from ocm.cluster.links import FLUSH_DELAY, Outbox
+from ocm.cluster.records import Inbound
+from ocm.cluster.state import Incarnations, Node, StallWatch
 from ocm.rooms import Peers, Rooms
 from tests.helpers import FakeRoute
 
@@ -122,7 +124,7 @@ class Batching(unittest.TestCase):
     def test_one_publish_per_node_one_write(self) -> None:
         clock = Clock()
         writes: list[bytes] = []
-        outbox = Outbox("a", clock, lambda data: writes.append(data) or True)
+        outbox = Outbox(Node("a", 30), clock, lambda data: writes.append(data) or True)
         for i in range(3):
             outbox.add("b", cw.record(cw.CHAT, b"r", b"\x01x%d" % i))
         outbox.add("c", cw.record(cw.CHAT, b"s", b"\x01y"))
@@ -137,12 +139,145 @@ class Batching(unittest.TestCase):
         start = data.index(b"ocm:node:b")
         body = data[data.index(b"\r\n$", start) + 3 :]
         size, _, rest = body.partition(b"\r\n")
-        origin, recs = cw.parse_batch(rest[: int(size)])
-        self.assertEqual((origin, [b for _, _, b in recs]), ("a", [b"\x01x0", b"\x01x1", b"\x01x2"]))
+        batch = cw.parse_batch(rest[: int(size)])
+        self.assertEqual((batch.origin, [b for _, _, b in batch.records]), ("a", [b"\x01x0", b"\x01x1", b"\x01x2"]))
 
     def test_dropped_without_a_connection(self) -> None:
         clock = Clock()
-        outbox = Outbox("a", clock, lambda data: False)
+        outbox = Outbox(Node("a", 30), clock, lambda data: False)
         outbox.add("b", cw.record(cw.CHAT, b"r", b"\x01x"))
         clock.advance(FLUSH_DELAY)
         self.assertEqual((outbox.sent, outbox.dropped), (0, 1))
+
+
+class Fencing(unittest.TestCase):
+    """Generations, dead incarnations and stalls, as pure state."""
+
+    def test_refused_once_per_generation(self) -> None:
+        node = Node("a", 2)
+        self.assertFalse(node.refused(0))  # never registered
+        node.registered_as("e1", 10)
+        self.assertFalse(node.refused(9))  # a stale answer
+        self.assertTrue(node.refused(10))
+        self.assertFalse(node.refused(10))  # acted on already
+        node.registered_as("e1", 11)
+        self.assertTrue(node.registered)
+
+    def test_redis_clock(self) -> None:
+        node = Node("a", 2)
+        node.synchronise(5_000, 1.0, 1.2)  # Redis read 5 s while this node read 1.1 s
+        self.assertEqual(node.redis_ms(2.1), 6_000)
+
+    def test_incarnations(self) -> None:
+        inc = Incarnations()
+        self.assertTrue(inc.admits("b", 1))
+        self.assertTrue(inc.died("b", 5))
+        self.assertFalse(inc.died("b", 5))
+        self.assertFalse(inc.died("b", 4))
+        self.assertFalse(inc.admits("b", 5))
+        self.assertFalse(inc.admits("b", 3))
+        self.assertTrue(inc.admits("b", 6))  # its next registration
+        self.assertTrue(inc.admits("c", 1))
+
+    def test_stall_watch(self) -> None:
+        watch = StallWatch(1.0)
+        self.assertFalse(watch.stalled(100.0))  # not started
+        self.assertIsNone(watch.tick(100.0))
+        self.assertIsNone(watch.tick(100.5))
+        self.assertFalse(watch.stalled(101.4))
+        self.assertTrue(watch.stalled(105.0))
+        # a read found it first: reads are fresh again, the tick still reports it
+        self.assertEqual(watch.resumed(105.0), 4.5)
+        self.assertFalse(watch.stalled(105.1))
+        self.assertEqual(watch.tick(105.2), 4.5)
+        self.assertIsNone(watch.tick(105.7))
+
+
+class FakeLinks:
+    """What Inbound asks of the links: a clock, and records to other nodes."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.told: list[tuple[str, bytes]] = []
+
+    def tell(self, node: str, record: bytes) -> None:
+        self.told.append((node, record))
+
+
+class FakeWriter:
+    """What Inbound asks of the relay."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+        self.delivered: list[tuple[str, bytes]] = []
+
+    def send_all(self, sends: list[tuple[bytes, Any]]) -> None:
+        self.sent.extend(sends)
+
+    def deliver(self, room: Any, out: bytes) -> None:
+        self.delivered.append((room.name, out))
+
+
+class InboundRules(unittest.TestCase):
+    """What another node's batch does here: generations, GONE, old chat, namesakes."""
+
+    def setUp(self) -> None:
+        self.node = Node("a", 2)  # chat older than 1 s is dropped
+        self.node.registered_as("e", 1)
+        self.rooms = Rooms(peers=Recording())
+        self.links = FakeLinks()
+        self.links.clock.advance(1000)
+        self.node.synchronise(1_000_000, 1000, 1000)  # Redis's clock is this node's
+        self.writer = FakeWriter()
+        self.inbound = Inbound(self.node, self.rooms, self.writer, self.links, Incarnations())  # type: ignore[arg-type]
+        # a replica of r, hosted on b; and s hosted here with a member on b
+        self.r = self.rooms.adopt("r", "id-r", "hb", None, None)
+        self.rooms.remote_bound(self.r, "hb", "b")
+        self.rooms.remote_bound(self.r, "cb", "c")
+        self.me = self.rooms.add_member(self.r, "me", "127.0.0.1", 1000)
+        self.rooms.bind(self.me, FakeRoute(A), 1000)
+        self.host = self.rooms.create("s", "host", "127.0.0.1", 1000)
+        self.rooms.bind(self.host, FakeRoute(B), 1000)
+        self.rooms.remote_bound(self.host.room, "gb", "b")
+
+    def batch(self, origin: str, generation: int, *records: bytes, sent_at: int = 1_000_000) -> bytes:
+        return cw.batch_header(origin, generation, sent_at) + b"".join(records)
+
+    def test_gone_purges_and_fences(self) -> None:
+        chat = cw.record(cw.CHAT, b"r", b"\x02hbhi")
+        self.inbound.received(self.batch("b", 7, chat))
+        self.assertEqual(self.writer.delivered, [("r", b"\x02hbhi")])
+        self.inbound.received(self.batch("c", 3, cw.record(cw.GONE, b"", cw.gone_body("b", 7))))
+        got = {(m.name, tuple(sorted(wire.decode_notice(wire.decode_relayed(d)[1]).items()))) for d, m in self.writer.sent}
+        self.assertEqual(got, {("me", (("event", "closed"), ("reason", "host_left"))), ("host", (("event", "leave"), ("reason", "unreachable"), ("user", "gb")))})
+        self.assertNotIn("r", self.rooms.rooms)
+        self.assertEqual(self.host.room.remote, {})
+        # generation 7 of b is dead: its late batches are dropped whole; 8 is its next life
+        self.inbound.received(self.batch("b", 7, cw.record(cw.MEMBER, b"s", b"zombie")))
+        self.assertEqual(self.host.room.remote, {})
+        self.assertEqual(self.inbound.fenced_batches, 1)
+        self.inbound.received(self.batch("b", 8, cw.record(cw.MEMBER, b"s", b"new")))
+        self.assertEqual(self.host.room.remote, {"new": "b"})
+
+    def test_old_chat_dropped_other_records_applied(self) -> None:
+        old = 1_000_000 - 1_500
+        self.inbound.received(self.batch("c", 1, cw.record(cw.CHAT, b"r", b"\x02cbold"), cw.record(cw.LEFT, b"r", cw.left_body("cb", "left")), sent_at=old))
+        self.assertEqual(self.writer.delivered, [])
+        self.assertEqual(self.inbound.stale_chat, 1)
+        self.assertNotIn("cb", self.r.remote)
+
+    def test_left_only_from_the_members_node(self) -> None:
+        self.inbound.received(self.batch("c", 1, cw.record(cw.LEFT, b"r", cw.left_body("hb", "left"))))
+        self.assertEqual(self.r.remote.get("hb"), "b")
+        self.assertEqual(self.writer.sent, [])
+
+    def test_evict(self) -> None:
+        """A fenced node's replica: its members get disconnected/unreachable, nothing else is told."""
+        other = self.rooms.add_member(self.r, "other", "127.0.0.1", 1000)
+        self.rooms.bind(other, FakeRoute(B), 1000)
+        self.rooms.peers.told.clear()  # type: ignore[attr-defined]
+        sends = self.rooms.evict(self.r, "unreachable")
+        self.assertEqual(notices(sends), [({"event": "disconnected", "reason": "unreachable"}, A), ({"event": "disconnected", "reason": "unreachable"}, B)])
+        self.assertNotIn("r", self.rooms.rooms)
+        self.assertNotIn(self.me.token, self.rooms.tokens)
+        self.assertEqual(self.rooms.peers.told, [])  # type: ignore[attr-defined]

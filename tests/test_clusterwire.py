@@ -21,15 +21,17 @@ class Batches(unittest.TestCase):
 
     @given(names, records)
     def test_round_trip(self, origin: str, recs: list[tuple[int, str, bytes]]) -> None:
-        data = cw.batch_header(origin) + b"".join(cw.record(k, r.encode(), b) for k, r, b in recs)
-        got_origin, parsed = cw.parse_batch(data)
-        self.assertEqual(got_origin, origin)
-        self.assertEqual(list(parsed), [(k, r.encode(), b) for k, r, b in recs])
+        data = cw.batch_header(origin, 2**60 + 7, 1_700_000_000_123) + b"".join(cw.record(k, r.encode(), b) for k, r, b in recs)
+        batch = cw.parse_batch(data)
+        self.assertEqual((batch.origin, batch.generation, batch.sent_at), (origin, 2**60 + 7, 1_700_000_000_123))
+        self.assertEqual(list(batch.records), [(k, r.encode(), b) for k, r, b in recs])
 
     def test_exact_bytes(self) -> None:
         """The layout of docs/cluster.rst, byte for byte."""
-        data = cw.batch_header("a") + cw.record(cw.CHAT, b"r", b"\x03bob" + b"hi")
-        self.assertEqual(data, b"\x01a" + b"C\x01r\x00\x06\x03bobhi")
+        data = cw.batch_header("a", 5, 256) + cw.record(cw.CHAT, b"r", b"\x03bob" + b"hi")
+        self.assertEqual(data, b"\x01a" + b"\x00" * 7 + b"\x05" + b"\x00" * 6 + b"\x01\x00" + b"C\x01r\x00\x06\x03bobhi")
+        self.assertEqual(cw.gone_body("b", 258), b"\x00" * 6 + b"\x01\x02b")
+        self.assertEqual(cw.parse_gone(cw.gone_body("ノード", 2**52)), ("ノード", 2**52))
         self.assertEqual(cw.left_body("bob", "timeout"), b"\x07timeoutbob")
         self.assertEqual(cw.sync_body([("a", True), ("bc", False)], True), b"\x01\x01\x01a\x00\x02bc")
         self.assertEqual(cw.resp_command(b"PUBLISH", b"ch", b"x"), b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$1\r\nx\r\n")
@@ -37,7 +39,7 @@ class Batches(unittest.TestCase):
 
     def test_unknown_kind_skipped(self) -> None:
         data = cw.batch_header("a") + cw.record(0x7A, b"r", b"future") + cw.record(cw.CLOSED, b"r", b"host_left")
-        self.assertEqual(list(cw.parse_batch(data)[1]), [(cw.CLOSED, b"r", b"host_left")])
+        self.assertEqual(list(cw.parse_batch(data).records), [(cw.CLOSED, b"r", b"host_left")])
 
     @given(names, records, st.data())
     def test_cut_short_raises_unless_on_a_record_boundary(self, origin: str, recs: list[tuple[int, str, bytes]], data: st.DataObject) -> None:
@@ -50,8 +52,8 @@ class Batches(unittest.TestCase):
         cut = data.draw(st.integers(0, len(whole) - 1))
         boundaries = {len(cw.batch_header(origin)) + sum(len(cw.record(k, r.encode(), b)) for k, r, b in recs[:i]) for i in range(len(recs))}
         try:
-            got_origin, parsed = cw.parse_batch(whole[:cut])
-            got = list(parsed)
+            batch = cw.parse_batch(whole[:cut])
+            got_origin, got = batch.origin, list(batch.records)
         except (cw.ClusterWireError, UnicodeDecodeError):
             self.assertNotIn(cut, boundaries)
             return

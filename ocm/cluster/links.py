@@ -11,7 +11,7 @@ and says once when Redis is out of reach and once when it is back.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ocm.backpressure import PausedFlag
+from ocm.cluster import scripts
 from ocm.cluster import wire as cw
 from ocm.cluster.address import REPLY_TIMEOUT, RedisAddress
 from ocm.cluster.state import Node
@@ -35,15 +36,33 @@ log = Logger()
 FLUSH_DELAY = 0.001
 
 
+class LinkEvents(Protocol):
+    """What the links tell the rest of the node (L{ocm.cluster.service})."""
+
+    def received(self, data: bytes) -> None:
+        """One batch from another node."""
+
+    def command_connected(self) -> None:
+        """A script connection is up."""
+
+    def refused(self, verdict: str, generation: int) -> None:
+        """
+        Redis refused a script run under C{generation}: C{verdict} is
+        C{fenced} (the node was reaped) or C{lost} (Redis lost the registry).
+        """
+
+
 class Outbox:
     """
     The batches for the other nodes, one per destination node, written in
     one go (one PUBLISH each, one write in all) L{FLUSH_DELAY} after the
-    first record: at most once per reactor turn.
+    first record: at most once per reactor turn.  Each batch is stamped with
+    the node's generation and the time on Redis's clock.
     """
 
-    def __init__(self, node: str, clock: IReactorTime, write: Callable[[bytes], bool], delay: float = FLUSH_DELAY) -> None:
-        self.header = cw.batch_header(node)
+    def __init__(self, node: Node, clock: IReactorTime, write: Callable[[bytes], bool], delay: float = FLUSH_DELAY) -> None:
+        self.node = node
+        self.prefix = cw.origin_prefix(node.name)
         self.delay = delay
         self.clock = clock
         self.write = write
@@ -70,12 +89,18 @@ class Outbox:
         pending, self.pending = self.pending, {}
         if not pending:
             return
-        header = self.header
+        node = self.node
+        header = self.prefix + cw.stamp(node.generation, node.redis_ms(self.clock.seconds()))
         data = b"".join(cw.resp_command(b"PUBLISH", cw.channel(node), header + b"".join(records)) for node, records in pending.items())
         if self.write(data):
             self.sent += len(pending)
         else:
             self.dropped += len(pending)
+
+    def discard(self) -> None:
+        """Forget the pending records (they belong to a generation that is dead)."""
+        self.dropped += len(self.pending)
+        self.pending = {}
 
 
 class PublisherProtocol(PausedFlag, protocol.Protocol):
@@ -208,21 +233,16 @@ class RedisLinks:
         self.publisher: Publisher | None = None
         self._command_factory: CommandFactory | None = None
         self._subscriber_factory: Any = None
-        self._received: Callable[[bytes], None] = lambda data: None
-        self._command_connected: Callable[[], None] = lambda: None
+        self.events: LinkEvents | None = None
         self._down_reported = False
         #: Registry updates made beside the chat path, not answered yet.
         self.pending: set[defer.Deferred[Any]] = set()
 
-    def start(self, received: Callable[[bytes], None], command_connected: Callable[[], None]) -> None:
-        """
-        Connect; batches from other nodes go to C{received}, and
-        C{command_connected} runs on each new script connection.
-        """
+    def start(self, events: LinkEvents) -> None:
+        """Connect; tell C{events} of batches from other nodes, new script connections, refusals."""
         assert self.node.name, "the node needs a name"
-        self._received = received
-        self._command_connected = command_connected
-        self.outbox = Outbox(self.node.name, self.clock, self._publish)
+        self.events = events
+        self.outbox = Outbox(self.node, self.clock, self._publish)
         address = self.address
         factory = CommandFactory(
             f"{address.host}:{address.port}", address.db, 1, isLazy=True, password=address.password, replyTimeout=REPLY_TIMEOUT
@@ -281,7 +301,7 @@ class RedisLinks:
             self.command_up
             and self.subscribed
             and self.node.clean
-            and self.node.alive
+            and self.node.registered
             and self.publisher is not None
             and self.publisher.current is not None
         )
@@ -298,11 +318,13 @@ class RedisLinks:
 
     def _connected(self) -> None:
         self.node.want_rebuild()
-        self._command_connected()
+        if self.events is not None:
+            self.events.command_connected()
 
     def received(self, data: bytes) -> None:
         """One batch from another node."""
-        self._received(data)
+        if self.events is not None:
+            self.events.received(data)
 
     def subscriber_ready(self, proto: Any) -> None:
         """The subscriber connected: subscribe to this node's channel."""
@@ -335,6 +357,26 @@ class RedisLinks:
 
         return d.addCallback(check)  # type: ignore[no-any-return]
 
+    def run(self, script: str, *args: Any) -> defer.Deferred[Any]:
+        """
+        Run a registry script under this node's registration (its name,
+        epoch and generation first: L{scripts.CHECKED}); a refusal (fenced,
+        lost) is told to the events, and fails the Deferred.
+        """
+        node = self.node
+        generation = node.generation
+
+        def refused(failure: Failure) -> Failure:
+            text = failure.getErrorMessage()
+            if self.events is not None:
+                if text.startswith(scripts.FENCED):
+                    self.events.refused("fenced", generation)
+                elif text.startswith(scripts.LOST):
+                    self.events.refused("lost", generation)
+            return failure
+
+        return self.eval(script, node.name, node.epoch, generation, *args).addErrback(refused)
+
     def fire(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """Track a registry update made beside the chat path; a failure asks for a rebuild."""
         self.pending.add(d)
@@ -353,11 +395,15 @@ class RedisLinks:
         return d.addBoth(done)
 
     def script(self, script: str, *args: Any) -> defer.Deferred[Any]:
-        """Run a registry update if Redis is there; otherwise a rebuild will redo it."""
-        if not self.command_up:
+        """
+        Run a registry update (L{run}) if Redis is there and this node is
+        registered; otherwise a rebuild will redo it (or, if the node was
+        fenced, nothing is left to redo).
+        """
+        if not self.command_up or not self.node.registered:
             self.node.want_rebuild()
             return defer.succeed(None)
-        return self.fire(self.eval(script, *args))
+        return self.fire(self.run(script, *args))
 
     def tell(self, node: str, record: bytes) -> None:
         """Queue C{record} for C{node}'s next batch."""

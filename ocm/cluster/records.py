@@ -9,7 +9,7 @@ from __future__ import annotations
 from ocm.cluster import scripts
 from ocm.cluster import wire as cw
 from ocm.cluster.links import RedisLinks
-from ocm.cluster.state import Node
+from ocm.cluster.state import Incarnations, Node
 from ocm.relay.protocol import Writer
 from ocm.rooms import Member, Peers, Room, Rooms, Sends
 from twisted.logger import Logger
@@ -44,13 +44,13 @@ class Outbound(Peers):
         """See L{Peers.bound}."""
         room = member.room
         self.tell(room, cw.record(cw.BOUND, room.name_bytes, member.name_bytes))
-        self.links.script(scripts.BIND, room.name, room.id, member.name, self.node.name)
+        self.links.script(scripts.BIND, room.name, room.id, member.name)
 
     def left(self, member: Member, reason: str) -> None:
         """See L{Peers.left}."""
         room = member.room
         self.tell(room, cw.record(cw.LEFT, room.name_bytes, cw.left_body(member.name, reason)))
-        self.links.script(scripts.LEAVE, room.name, room.id, member.name, self.node.name)
+        self.links.script(scripts.LEAVE, room.name, room.id, member.name)
 
     def closed(self, room: Room, reason: str, members: list[Member]) -> None:
         """
@@ -63,8 +63,8 @@ class Outbound(Peers):
         if room.replica:
             for member in members:
                 self.tell(room, cw.record(cw.LEFT, room.name_bytes, cw.left_body(member.name, NODE_GONE)))
-                self.links.script(scripts.LEAVE, room.name, room.id, member.name, node)
-            self.links.script(scripts.UNWHERE, room.name, node)
+                self.links.script(scripts.LEAVE, room.name, room.id, member.name)
+            self.links.script(scripts.UNWHERE, room.name)
             return
         record = cw.record(cw.CLOSED, room.name_bytes, reason.encode("ascii"))
         told = set(room.peer_nodes)
@@ -75,35 +75,79 @@ class Outbound(Peers):
                 if other not in told and other != node:
                     self.links.tell(other, record)
 
-        self.links.script(scripts.CLOSE, room.name, room.id, node).addCallback(tell_the_rest)
-        self.links.script(scripts.UNWHERE, room.name, node)
+        self.links.script(scripts.CLOSE, room.name, room.id).addCallback(tell_the_rest)
+        self.links.script(scripts.UNWHERE, room.name)
 
     def emptied(self, room: Room) -> None:
         """See L{Peers.emptied}."""
-        self.links.script(scripts.UNWHERE, room.name, self.node.name)
+        self.links.script(scripts.UNWHERE, room.name)
 
 
 class Inbound:
-    """What the other nodes' records do to this node's rooms, and the whole-membership records (SYNC)."""
+    """
+    What the other nodes' records do to this node's rooms, and the
+    whole-membership records (SYNC).
 
-    def __init__(self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks) -> None:
+    A batch from a generation of its origin that is known dead (L{gone}) is
+    dropped whole; chat older than C{max_age} seconds (half the member
+    timeout, on Redis's clock) is dropped, the other records of its batch
+    applied.
+    """
+
+    def __init__(self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks, incarnations: Incarnations) -> None:
         self.node = node
         self.rooms = rooms
         self.writer = writer
         self.links = links
+        self.incarnations = incarnations
+        self.clock = links.clock
+        #: Chat older than this many milliseconds is not delivered.
+        self.max_age_ms = int(node.heartbeat_ttl * 1000 / 2)
+        #: Batches dropped whole (a dead generation), chat records dropped (too old).
+        self.fenced_batches = 0
+        self.stale_chat = 0
 
     def received(self, data: bytes) -> None:
         """Apply one batch from another node; a bad one is logged and dropped."""
         try:
-            origin, records = cw.parse_batch(data)
+            origin, generation, sent_at, records = cw.parse_batch(data)
             if origin == self.node.name:
                 return
+            admitted = self.incarnations.admits(origin, generation)
+            if not admitted:
+                self.fenced_batches += 1
+            fresh = self.node.redis_ms(self.clock.seconds()) - sent_at <= self.max_age_ms
+            rooms = self.rooms.rooms
             for kind, room_name, body in records:
-                room = self.rooms.rooms.get(room_name.decode("utf-8"))
-                if room is not None:
-                    self._apply(origin, kind, room, body)
+                if kind == cw.GONE:
+                    self.gone(*cw.parse_gone(body))
+                elif not admitted:
+                    continue
+                elif kind == cw.CHAT and not fresh:
+                    self.stale_chat += 1
+                else:
+                    room = rooms.get(room_name.decode("utf-8"))
+                    if room is not None:
+                        self._apply(origin, kind, room, body)
         except Exception:
             log.failure("a batch from another node failed")
+
+    def gone(self, node: str, generation: int) -> None:
+        """
+        C{generation} of C{node} is dead (reaped, or stopped): its members
+        here leave as unreachable, the rooms it hosted close (host_left),
+        and its later batches of that generation are dropped.
+        """
+        if node == self.node.name or not self.incarnations.died(node, generation):
+            return
+        sends: Sends = []
+        for room in list(self.rooms.rooms.values()):
+            if room.replica and room.remote.get(room.host_name) == node:
+                sends.extend(self.rooms.remote_closed(room, "host_left"))
+                continue
+            for user in [u for u, n in room.remote.items() if n == node]:
+                sends.extend(self.rooms.remote_left(room, user, NODE_GONE))
+        self.writer.send_all(sends)
 
     def _apply(self, origin: str, kind: int, room: Room, body: bytes) -> None:
         writer = self.writer
@@ -118,7 +162,8 @@ class Inbound:
             writer.send_all(self.rooms.remote_bound(room, body.decode("utf-8"), origin))
         elif kind == cw.LEFT:
             user, reason = cw.parse_left(body)
-            writer.send_all(self.rooms.remote_left(room, user, reason))
+            if room.remote.get(user) == origin:  # not a namesake that another node holds now
+                writer.send_all(self.rooms.remote_left(room, user, reason))
         elif kind == cw.CLOSED:
             writer.send_all(self.rooms.remote_closed(room, body.decode("ascii")))
         elif kind == cw.SYNC:

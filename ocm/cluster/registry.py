@@ -77,7 +77,7 @@ class ClusterRegistry:
         self.clock = links.clock
 
     def check_up(self) -> None:
-        """Raise a 503 L{RoomError} while the registry cannot be asked (Redis down, a rebuild running)."""
+        """Raise a 503 L{RoomError} while the registry cannot be asked (Redis down, not registered, a rebuild running)."""
         if self.node.rebuilding:
             raise RoomError(503, "the room registry is being rebuilt; try again in a moment")
         if not self.links.ready:
@@ -96,7 +96,7 @@ class ClusterRegistry:
         self.check_up()
         self.rooms.check_create(name)
         room_id = secrets.token_hex(8)
-        args = (name, room_id, username, self.node.name, "" if capacity is None else capacity, encode_password(password), history)
+        args = (name, room_id, username, "" if capacity is None else capacity, encode_password(password), history)
 
         def created(result: Any) -> Member:
             if int(result) != 1:
@@ -106,10 +106,10 @@ class ClusterRegistry:
                     name, username, ip, self.clock.seconds(), password=password, capacity=capacity, room_id=room_id, history=history
                 )
             except RoomError:
-                self.links.script(scripts.CLOSE, name, room_id, self.node.name)
+                self.links.script(scripts.CLOSE, name, room_id)
                 raise
 
-        return self._counted(self.links.eval(scripts.CREATE, *args)).addCallbacks(created, self._registry_failed)
+        return self._counted(self.links.run(scripts.CREATE, *args)).addCallbacks(created, self._registry_failed)
 
     def _counted(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """A create or join in flight (see L{_rebuild})."""
@@ -166,13 +166,13 @@ class ClusterRegistry:
             try:
                 member = self.rooms.add_member(room, username, ip, self.clock.seconds())
             except RoomError:
-                self.links.script(scripts.LEAVE, info.name, info.id, username, self.node.name)
+                self.links.script(scripts.LEAVE, info.name, info.id, username)
                 self.rooms.drop_if_empty(room)
                 raise
             self.outbound.tell(room, cw.record(cw.MEMBER, room.name_bytes, member.name_bytes))
             return member
 
-        return self._counted(self.links.eval(scripts.JOIN, info.name, info.id, username, self.node.name)).addCallbacks(joined, self._registry_failed)
+        return self._counted(self.links.run(scripts.JOIN, info.name, info.id, username)).addCallbacks(joined, self._registry_failed)
 
     def listing(self) -> defer.Deferred[list[dict[str, Any]]]:
         """See L{ocm.tcrp.registry.Registry.listing}: every room of the cluster."""

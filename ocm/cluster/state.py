@@ -1,6 +1,9 @@
 """
 This node as its cluster parts share it: its name, and where it stands with
-the registry (L{Node}).
+the registry (L{Node}); what it knows of other nodes' dead generations
+(L{Incarnations}); and whether its own process was stalled (L{StallWatch}).
+
+Pure state: no I/O; time is passed in as C{now}.
 """
 
 from __future__ import annotations
@@ -10,6 +13,13 @@ class Node:
     """
     This node in the cluster: its name and the state its parts (links,
     registry, records, liveness) share.
+
+    A node is I{registered} under a generation that Redis gives it (the
+    REGISTER script, docs/cluster.rst): every script it runs names that
+    generation, and Redis refuses it once another node has reaped this one
+    (I{fenced}) or once Redis has lost the registry (I{lost}: restarted
+    empty).  Either way the node registers anew; only a lost one puts its
+    part back (a rebuild).
 
     @ivar name: unique in the cluster; given with C{--node}, or named at
         start from the host and ports (L{ocm.cluster.service}).
@@ -23,15 +33,112 @@ class Node:
         self.beat_interval = min(1.0, heartbeat_ttl / 4)
         #: This node's leftovers of a previous run are reaped.
         self.clean = False
-        #: Its heartbeat was written once: other nodes can reap it.
-        self.alive = False
-        #: Its part of the registry must be put back (at the next beat).
+        #: The registry's life this node registered in (C{ocm:epoch}).
+        self.epoch = ""
+        #: The generation of its last registration (0: never registered).
+        self.generation = 0
+        #: Whether that generation is current as far as this node knows.
+        self.registered = False
+        #: Its part of the registry must be put back (after the next beat).
         self.rebuild_wanted = True
         #: A rebuild is running: creates and joins wait (503) until it is done.
         self.rebuilding = False
         #: Creates and joins waiting for their script: a rebuild waits for them.
         self.in_flight = 0
+        #: Redis's clock minus this node's, in seconds (from the last beat).
+        self.offset = 0.0
+        #: Times this node found itself fenced.
+        self.fenced = 0
+
+    @property
+    def alive(self) -> bool:
+        """Whether this node is registered: other nodes may reap it, it may take requests."""
+        return self.registered
 
     def want_rebuild(self) -> None:
         """Ask for a rebuild at the next beat."""
         self.rebuild_wanted = True
+
+    def registered_as(self, epoch: str, generation: int) -> None:
+        """REGISTER answered: this node is C{generation} of registry life C{epoch}."""
+        self.epoch = epoch
+        self.generation = generation
+        self.registered = True
+
+    def synchronise(self, redis_ms: int, sent: float, answered: float) -> None:
+        """
+        Redis's clock read C{redis_ms} somewhere between C{sent} and
+        C{answered} (this node's clock, seconds): the offset between them.
+        """
+        self.offset = redis_ms / 1000.0 - (sent + answered) / 2
+
+    def redis_ms(self, now: float) -> int:
+        """This node's C{now} on Redis's clock, in milliseconds (batches are stamped with it)."""
+        return int((now + self.offset) * 1000)
+
+    def refused(self, generation: int) -> bool:
+        """
+        Redis refused a script run under C{generation}; True if that is the
+        current registration (so the node must act on it), False if it was
+        already superseded (a stale answer).
+        """
+        if not self.registered or generation != self.generation:
+            return False
+        self.registered = False
+        return True
+
+
+class Incarnations:
+    """
+    The other nodes' generations that this node knows are dead (reaped or
+    stopped, told by a GONE record): their batches are dropped.
+    """
+
+    def __init__(self) -> None:
+        self.dead: dict[str, int] = {}
+
+    def admits(self, node: str, generation: int) -> bool:
+        """Whether a batch from C{generation} of C{node} is to be applied."""
+        return generation > self.dead.get(node, 0)
+
+    def died(self, node: str, generation: int) -> bool:
+        """C{generation} of C{node} is dead; True if this is news."""
+        if generation <= self.dead.get(node, 0):
+            return False
+        self.dead[node] = generation
+        return True
+
+
+class StallWatch:
+    """
+    Whether this process was stalled (stopped, swapped out, frozen) for
+    longer than C{limit} seconds: a timer ticks it every beat; a read that
+    finds the last tick too old knows that what it reads may have waited
+    that long, and that other nodes may have reaped this one meanwhile.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.last: float | None = None
+        #: A stall found by a read before the timer saw it: reported at the next tick.
+        self._pending = 0.0
+
+    def stalled(self, now: float) -> bool:
+        """Whether the last tick is older than the limit."""
+        last = self.last
+        return last is not None and now - last > self.limit
+
+    def resumed(self, now: float) -> float:
+        """A read found the stall and dealt with it: reads are fresh again from C{now}.  Returns the stall's length."""
+        gap = 0.0 if self.last is None else now - self.last
+        self._pending = max(self._pending, gap)
+        self.last = now
+        return gap
+
+    def tick(self, now: float) -> float | None:
+        """The timer's tick: the length of a stall since the last one, if there was one."""
+        gap = 0.0 if self.last is None else now - self.last
+        gap = max(gap, self._pending)
+        self._pending = 0.0
+        self.last = now
+        return gap if gap > self.limit else None

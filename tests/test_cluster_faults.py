@@ -1,0 +1,180 @@
+"""
+The cluster under faults (docs/cluster.rst, "Faults, and the rule for
+each"): a node stalled past its heartbeat's TTL (SIGSTOP, SIGCONT) and
+fenced, a room closed and made again under one name, joins racing chat,
+Redis restarted under a stalled node.
+
+Nodes a and c run in this process (the plugin's own C{makeService}); node b,
+which the tests stall, is a real C{twistd -n ocm}.  One real redis-server; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from typing import Any
+
+from twisted.internet import reactor, task
+from twisted.trial import unittest
+
+from ocm import wire
+from tests.helpers import free_port, sleep, spawn_twistd, status_of, tcrp, wait_until
+from tests.redis_server import RedisServer, require_redis
+from tests.test_cluster import Member, Node
+
+TIMEOUT = 2.0
+
+
+class Remote:
+    """Node b: a twistd subprocess, stopped and continued by the test."""
+
+    def __init__(self, case: unittest.TestCase, name: str, redis_url: str, *args: str) -> None:
+        self.name = name
+        self.tcp_port = free_port(socket.SOCK_STREAM)
+        self.udp_port = free_port(socket.SOCK_DGRAM)
+        self.proc = spawn_twistd(
+            case, "-n", "ocm", "--tcp", str(self.tcp_port), "--udp", str(self.udp_port), "--interface", "127.0.0.1",
+            "--redis", redis_url, "--node", name, *args,
+        )
+
+    async def ready(self, seconds: float = 15.0) -> None:
+        """Wait until it answers a list request with 200."""
+        for _ in range(int(seconds / 0.1)):
+            try:
+                if status_of(await tcrp(self.tcp_port, 3, "", {}))["status"] == 200:
+                    return
+            except Exception:
+                pass
+            await sleep(0.1)
+        raise AssertionError(f"node {self.name} did not answer: {self.proc.output.decode(errors='replace')}")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.transport.pid, sig)  # type: ignore[attr-defined]
+
+    def log_count(self, text: str) -> int:
+        return self.proc.output.decode("utf-8", "replace").count(text)
+
+
+class FaultCase(unittest.TestCase):
+    """One redis-server; nodes a and c in this process, b a twistd (all --timeout 2)."""
+
+    timeout = 90
+    node_args = ["--timeout", str(TIMEOUT)]
+
+    async def setUp(self) -> None:
+        require_redis()
+        self.redis = RedisServer(os.path.abspath(self.mktemp()))
+        self.redis.start()
+        self.addCleanup(self.redis.stop)
+        self.b = Remote(self, "b", self.redis.url, *self.node_args)
+        self.nodes = {name: Node(self, name, self.redis.url, *self.node_args) for name in "ac"}
+        for node in self.nodes.values():
+            self.addCleanup(node.stop)
+        await wait_until(lambda: all(n.cluster.ready for n in self.nodes.values()), 10, "nodes a and c ready")
+        await self.b.ready()
+        self.addCleanup(lambda: print(self.b.proc.output.decode(errors="replace")) if os.environ.get("OCM_DEBUG") else None)
+        self.keep: list[Member] = []
+        loop = task.LoopingCall(self._keepalives)
+        loop.start(TIMEOUT / 5)
+        self.addCleanup(loop.stop)
+
+    def _keepalives(self) -> None:
+        for m in self.keep:
+            m.send(b"")
+
+    def ports(self, node: str) -> tuple[int, int]:
+        if node == "b":
+            return self.b.tcp_port, self.b.udp_port
+        n = self.nodes[node]
+        return n.tcp_port, n.udp_port
+
+    async def request(self, node: str, operation: int, room: str, **payload: Any) -> dict[str, Any]:
+        return status_of(await tcrp(self.ports(node)[0], operation, room, payload))
+
+    async def member(self, node: str, operation: int, room: str, name: str, **payload: Any) -> Member:
+        tcp_port, udp_port = self.ports(node)
+        frames = await tcrp(tcp_port, operation, room, {"username": name, **payload})
+        self.assertEqual(status_of(frames)["status"], 200, status_of(frames))
+        m = Member(self, udp_port, room, name, frames[1].payload)
+        await m.hello()
+        self.keep.append(m)
+        return m
+
+    async def who(self, m: Member) -> set[str]:
+        """The member list C{m}'s node answers C{\\x00who} with."""
+        before = len(m.peer.notices("members"))
+        m.send(wire.WHO)
+        await wait_until(lambda: len(m.peer.notices("members")) > before, 5, f"who for {m.name}")
+        return set(m.peer.notices("members")[-1]["members"])
+
+    def registry_members(self, room: str) -> dict[str, str]:
+        """The registry's members hash of C{room}: username -> node."""
+        raw = self.redis.command("HGETALL", "ocm:{" + room.encode().hex() + "}:members")
+        parts = [p for p in raw.split(b"\r\n") if p and p[:1] not in (b"*", b"$")]
+        return {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts), 2)}
+
+    async def barrier(self, sender: Member, *receivers: Member) -> None:
+        """A marker from C{sender} reached every receiver: what was sent before it has arrived."""
+        marker = f"marker-{id(object())}"
+        sender.send(marker.encode())
+        for r in receivers:
+            await wait_until(lambda r=r: (sender.name, marker) in r.peer.chats(markers=True), 5, "marker")
+
+
+class StalledNode(FaultCase):
+    """Node b stopped past its heartbeat's TTL, then continued."""
+
+    async def test_stalled_node_is_fenced(self) -> None:
+        """
+        b stopped (SIGSTOP) past its TTL is reaped by a; a gives b's
+        member's username to a newcomer and fills the room.  When b
+        continues (SIGCONT) it finds itself fenced: its members are told
+        they are out (disconnected/unreachable; closed/host_left in the room
+        it hosted), nothing they sent while it was stopped reaches anyone,
+        b re-adds nothing, says once that it was declared dead, and takes
+        requests again under a new generation.
+        """
+        host = await self.member("a", 1, "r", "host", capacity=3)
+        x = await self.member("b", 2, "r", "x")
+        x2 = await self.member("b", 2, "r", "x2")
+        hb = await self.member("b", 1, "s", "hb")
+        g = await self.member("a", 2, "s", "g")
+        await wait_until(lambda: {n["user"] for n in host.peer.notices("join")} == {"x", "x2"}, 5, "x and x2 known on a")
+        await self.barrier(x, host, x2)
+        self.b.signal(signal.SIGSTOP)
+        stopped = reactor.seconds()  # type: ignore[attr-defined]
+        x.send(b"sent while b was stopped")
+        hb.send(b"sent while b was stopped")
+        await wait_until(lambda: len(host.peer.notices("leave")) == 2 and g.peer.notices("closed"), 2 * TIMEOUT + 2, "b reaped")
+        self.assertEqual(g.peer.notices("closed"), [{"event": "closed", "reason": "host_left"}])
+        newcomer = await self.member("a", 2, "r", "x")
+        newcomer2 = await self.member("c", 2, "r", "x2")  # capacity 3: host, x (new, on a), x2 (new, on c)
+        body = await self.request("c", 2, "r", username="late")
+        self.assertEqual(body["status"], 503)
+        await sleep(max(0.0, 2 * TIMEOUT + 0.5 - (reactor.seconds() - stopped)))  # type: ignore[attr-defined]
+        self.b.signal(signal.SIGCONT)
+        # b's members are told they are out
+        await wait_until(lambda: x.peer.notices("disconnected") and x2.peer.notices("disconnected") and hb.peer.notices("closed"), 5, "b's members told")
+        self.assertEqual(x.peer.notices("disconnected"), [{"event": "disconnected", "reason": "unreachable"}])
+        self.assertEqual(x2.peer.notices("disconnected"), [{"event": "disconnected", "reason": "unreachable"}])
+        self.assertEqual(hb.peer.notices("closed"), [{"event": "closed", "reason": "host_left"}])
+        # nothing sent while b was stopped reached anyone
+        await self.barrier(host, newcomer, newcomer2)
+        await sleep(0.5)
+        for m in (host, newcomer, newcomer2, g):
+            self.assertNotIn("sent while b was stopped", [text for _, text in m.chats()], m.name)
+        # b re-added nothing: x and x2 are held once, by a and c; capacity holds
+        await sleep(1.0)
+        self.assertEqual(self.registry_members("r"), {"host": "a", "x": "a", "x2": "c"})
+        for m in (host, newcomer, newcomer2):
+            self.assertEqual(await self.who(m), {"host", "x", "x2"})
+        body, frames = await self.request("c", 3, ""), await tcrp(self.nodes["c"].tcp_port, 3, "", {})
+        self.assertEqual(wire.decode_json(frames[1].payload), [{"name": "r", "members": 3, "capacity": 3, "protected": False}])
+        self.assertEqual(self.b.log_count("this node was declared dead by the cluster"), 1, self.b.proc.output.decode(errors="replace"))
+        # b registered anew: it takes requests, and chat crosses
+        await self.b.ready()
+        newer = await self.member("b", 1, "t", "nb")
+        guest = await self.member("a", 2, "t", "ga")
+        await self.barrier(newer, guest)
+        await self.barrier(guest, newer)

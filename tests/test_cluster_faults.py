@@ -21,7 +21,7 @@ from twisted.trial import unittest
 from ocm import wire
 from tests.helpers import free_port, sleep, spawn_twistd, status_of, tcrp, wait_until
 from tests.redis_server import RedisServer, require_redis
-from tests.test_cluster import Member, Node
+from tests.test_cluster import ClusterCase, Member, Node
 
 TIMEOUT = 2.0
 
@@ -178,3 +178,43 @@ class StalledNode(FaultCase):
         guest = await self.member("a", 2, "t", "ga")
         await self.barrier(newer, guest)
         await self.barrier(guest, newer)
+
+
+def kill_connection(redis: RedisServer, name: str) -> bool:
+    """CLIENT KILL the connection named C{name} (the nodes name theirs: docs/cluster.rst); True if there was one."""
+    for line in redis.command("CLIENT", "LIST").decode(errors="replace").splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("name") == name:
+            redis.command("CLIENT", "KILL", "ID", fields["id"])
+            return True
+    return False
+
+
+class RoomIds(ClusterCase):
+    """Rooms are told apart by their id between nodes, never by their name alone."""
+
+    node_args = ["--timeout", "10"]
+
+    async def test_closed_room_and_new_room_of_one_name_never_mix(self) -> None:
+        """
+        b misses the CLOSED of room r (its subscription was cut), and a
+        makes a new room r with a password.  b's member of the old r keeps
+        posting: nothing reaches the new room's members (the records name
+        the old room's id); once b is back it closes its old r at once.
+        """
+        host, m = await self.room("r", "ab")
+        self.assertTrue(kill_connection(self.redis, "ocm:b:sub"))
+        host.send(wire.LEAVE)
+        await wait_until(lambda: "r" not in self.nodes["a"].rooms.rooms, 5, "r closed on a")
+        h2 = await self.member("a", 1, "r", "h2", password="pw")
+        n = await self.member("c", 2, "r", "n", password="pw")
+        await wait_until(lambda: h2.peer.notices("join"), 5, "n known on a")
+        for i in range(16):
+            m.send(f"intruder {i}".encode())
+            await sleep(0.05)
+        await wait_until(lambda: m.peer.notices("closed"), 5, "the old r closed on b")
+        self.assertEqual(m.peer.notices("closed"), [{"event": "closed", "reason": "host_left"}])
+        h2.send(b"after")
+        await wait_until(lambda: ("h2", "after") in n.chats(), 5, "chat in the new room")
+        for member in (h2, n):
+            self.assertEqual([t for _, t in member.chats() if t.startswith("intruder")], [], member.name)

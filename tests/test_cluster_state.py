@@ -19,6 +19,9 @@ from ocm.cluster.state import Incarnations, Node, StallWatch
 from ocm.rooms import Peers, Rooms
 from tests.helpers import FakeRoute
 
+RID = b"0123456789abcdef"
+R_ID = "7777777777777777"
+S_ID = "5555555555555555"
 A = ("127.0.0.1", 5001)
 B = ("127.0.0.1", 5002)
 
@@ -126,9 +129,9 @@ class Batching(unittest.TestCase):
         writes: list[bytes] = []
         outbox = Outbox(Node("a", 30), clock, lambda data: writes.append(data) or True)
         for i in range(3):
-            outbox.add("b", cw.record(cw.CHAT, b"r", b"\x01x%d" % i))
-        outbox.add("c", cw.record(cw.CHAT, b"s", b"\x01y"))
-        outbox.add("c", cw.record(cw.LEFT, b"s", cw.left_body("y", "left")))
+            outbox.add("b", cw.record(cw.CHAT, b"r", RID, b"\x01x%d" % i))
+        outbox.add("c", cw.record(cw.CHAT, b"s", RID, b"\x01y"))
+        outbox.add("c", cw.record(cw.LEFT, b"s", RID, cw.left_body("y", "left")))
         self.assertEqual(writes, [])
         clock.advance(FLUSH_DELAY)
         self.assertEqual(len(writes), 1)
@@ -140,12 +143,12 @@ class Batching(unittest.TestCase):
         body = data[data.index(b"\r\n$", start) + 3 :]
         size, _, rest = body.partition(b"\r\n")
         batch = cw.parse_batch(rest[: int(size)])
-        self.assertEqual((batch.origin, [b for _, _, b in batch.records]), ("a", [b"\x01x0", b"\x01x1", b"\x01x2"]))
+        self.assertEqual((batch.origin, [b for _, _, _, b in batch.records]), ("a", [b"\x01x0", b"\x01x1", b"\x01x2"]))
 
     def test_dropped_without_a_connection(self) -> None:
         clock = Clock()
         outbox = Outbox(Node("a", 30), clock, lambda data: False)
-        outbox.add("b", cw.record(cw.CHAT, b"r", b"\x01x"))
+        outbox.add("b", cw.record(cw.CHAT, b"r", RID, b"\x01x"))
         clock.advance(FLUSH_DELAY)
         self.assertEqual((outbox.sent, outbox.dropped), (0, 1))
 
@@ -231,12 +234,12 @@ class InboundRules(unittest.TestCase):
         self.writer = FakeWriter()
         self.inbound = Inbound(self.node, self.rooms, self.writer, self.links, Incarnations())  # type: ignore[arg-type]
         # a replica of r, hosted on b; and s hosted here with a member on b
-        self.r = self.rooms.adopt("r", "id-r", "hb", None, None)
+        self.r = self.rooms.adopt("r", R_ID, "hb", None, None)
         self.rooms.remote_bound(self.r, "hb", "b")
         self.rooms.remote_bound(self.r, "cb", "c")
         self.me = self.rooms.add_member(self.r, "me", "127.0.0.1", 1000)
         self.rooms.bind(self.me, FakeRoute(A), 1000)
-        self.host = self.rooms.create("s", "host", "127.0.0.1", 1000)
+        self.host = self.rooms.create("s", "host", "127.0.0.1", 1000, room_id=S_ID)
         self.rooms.bind(self.host, FakeRoute(B), 1000)
         self.rooms.remote_bound(self.host.room, "gb", "b")
 
@@ -244,32 +247,41 @@ class InboundRules(unittest.TestCase):
         return cw.batch_header(origin, generation, sent_at) + b"".join(records)
 
     def test_gone_purges_and_fences(self) -> None:
-        chat = cw.record(cw.CHAT, b"r", b"\x02hbhi")
+        chat = cw.record(cw.CHAT, b"r", R_ID.encode(), b"\x02hbhi")
         self.inbound.received(self.batch("b", 7, chat))
         self.assertEqual(self.writer.delivered, [("r", b"\x02hbhi")])
-        self.inbound.received(self.batch("c", 3, cw.record(cw.GONE, b"", cw.gone_body("b", 7))))
+        self.inbound.received(self.batch("c", 3, cw.gone_record("b", 7)))
         got = {(m.name, tuple(sorted(wire.decode_notice(wire.decode_relayed(d)[1]).items()))) for d, m in self.writer.sent}
         self.assertEqual(got, {("me", (("event", "closed"), ("reason", "host_left"))), ("host", (("event", "leave"), ("reason", "unreachable"), ("user", "gb")))})
         self.assertNotIn("r", self.rooms.rooms)
         self.assertEqual(self.host.room.remote, {})
         # generation 7 of b is dead: its late batches are dropped whole; 8 is its next life
-        self.inbound.received(self.batch("b", 7, cw.record(cw.MEMBER, b"s", b"zombie")))
+        self.inbound.received(self.batch("b", 7, cw.record(cw.MEMBER, b"s", S_ID.encode(), b"zombie")))
         self.assertEqual(self.host.room.remote, {})
         self.assertEqual(self.inbound.fenced_batches, 1)
-        self.inbound.received(self.batch("b", 8, cw.record(cw.MEMBER, b"s", b"new")))
+        self.inbound.received(self.batch("b", 8, cw.record(cw.MEMBER, b"s", S_ID.encode(), b"new")))
         self.assertEqual(self.host.room.remote, {"new": "b"})
 
     def test_old_chat_dropped_other_records_applied(self) -> None:
         old = 1_000_000 - 1_500
-        self.inbound.received(self.batch("c", 1, cw.record(cw.CHAT, b"r", b"\x02cbold"), cw.record(cw.LEFT, b"r", cw.left_body("cb", "left")), sent_at=old))
+        rid = R_ID.encode()
+        self.inbound.received(self.batch("c", 1, cw.record(cw.CHAT, b"r", rid, b"\x02cbold"), cw.record(cw.LEFT, b"r", rid, cw.left_body("cb", "left")), sent_at=old))
         self.assertEqual(self.writer.delivered, [])
         self.assertEqual(self.inbound.stale_chat, 1)
         self.assertNotIn("cb", self.r.remote)
 
     def test_left_only_from_the_members_node(self) -> None:
-        self.inbound.received(self.batch("c", 1, cw.record(cw.LEFT, b"r", cw.left_body("hb", "left"))))
+        self.inbound.received(self.batch("c", 1, cw.record(cw.LEFT, b"r", R_ID.encode(), cw.left_body("hb", "left"))))
         self.assertEqual(self.r.remote.get("hb"), "b")
         self.assertEqual(self.writer.sent, [])
+
+    def test_records_of_another_room_of_that_name_ignored(self) -> None:
+        """A record for room r under another id (an earlier or later r) changes nothing here."""
+        other = b"0000111122223333"
+        self.inbound.received(self.batch("b", 1, cw.record(cw.CHAT, b"r", other, b"\x02hbhi"), cw.record(cw.CLOSED, b"r", other, b"host_left")))
+        self.assertEqual(self.writer.delivered, [])
+        self.assertIn("r", self.rooms.rooms)
+        self.assertTrue(self.r.open)
 
     def test_evict(self) -> None:
         """A fenced node's replica: its members get disconnected/unreachable, nothing else is told."""

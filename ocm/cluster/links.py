@@ -337,7 +337,8 @@ class RedisLinks:
             log.error("subscribing to {channel} failed: {error}", channel=cw.channel(self.node.name), error=failure.getErrorMessage())
             proto.transport.loseConnection()
 
-        proto.subscribe(cw.channel(self.node.name).decode("utf-8")).addCallbacks(subscribed, failed)
+        d = proto.execute_command("CLIENT", "SETNAME", connection_name(self.node.name, "sub"))
+        d.addBoth(lambda _: proto.subscribe(cw.channel(self.node.name).decode("utf-8"))).addCallbacks(subscribed, failed)
 
     def subscriber_lost(self, proto: Any) -> None:
         """The subscriber's connection is gone (txredisapi reconnects)."""
@@ -408,6 +409,15 @@ class RedisLinks:
     def tell(self, node: str, record: bytes) -> None:
         """Queue C{record} for C{node}'s next batch."""
         self.outbox.add(node, record)  # type: ignore[union-attr]
+
+
+def connection_name(node: str, link: str) -> str:
+    """
+    The name (C{CLIENT SETNAME}) of one of C{node}'s connections: C{ocm:<node>:<link>},
+    any character Redis refuses in a name (space, control) replaced by C{_}.
+    """
+    safe = "".join(c if c.isprintable() and not c.isspace() else "_" for c in node)
+    return f"ocm:{safe}:{link}"
 
 
 def as_deferred(value: Any) -> defer.Deferred[Any]:

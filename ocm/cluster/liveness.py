@@ -187,11 +187,12 @@ class Liveness:
 
     def _pruned(self, result: Any) -> None:
         """Tell the nodes concerned what a PRUNE removed."""
-        for name, _room_id, what, nodes, users in result or ():
+        for name, room_id, what, nodes, users in result or ():
+            rid = room_id.encode()
             if what == "closed":
-                records = [cw.record(cw.CLOSED, name.encode("utf-8"), b"host_left")]
+                records = [cw.record(cw.CLOSED, name.encode("utf-8"), rid, b"host_left")]
             else:
-                records = [cw.record(cw.LEFT, name.encode("utf-8"), cw.left_body(user, NODE_GONE)) for user in users]
+                records = [cw.record(cw.LEFT, name.encode("utf-8"), rid, cw.left_body(user, NODE_GONE)) for user in users]
             for other in nodes:
                 if other != self.node.name:
                     for record in records:
@@ -216,9 +217,9 @@ class Liveness:
 
     def _missing(self, room: Room) -> None:
         """
-        The registry has no such room (or another of that name).  A replica's
-        host node may not have rebuilt yet after a Redis restart: give it one
-        heartbeat TTL, then close the room here.
+        The registry has no such room.  A replica's host node may not have
+        rebuilt yet after a Redis restart: give it one heartbeat TTL, then
+        close the room here.
         """
         now = self.clock.seconds()
         since = self._missing_since.setdefault(room.id, now)
@@ -243,6 +244,10 @@ class Liveness:
 
         def rebuilt(result: Any) -> None:
             if not room.open:
+                return
+            if result == -1:  # another room of that name now: this one is closed for good
+                self._missing_since.pop(room.id, None)
+                self.writer.send_all(self.rooms.remote_closed(room, "host_left"))
                 return
             if not result:
                 self._missing(room)

@@ -32,7 +32,7 @@ class Outbound(Peers):
     def chat(self, room: Room, out: bytes) -> None:
         """A local member's chat: one record in each sharing node's batch."""
         if room.peer_nodes:
-            self.tell(room, cw.record(cw.CHAT, room.name_bytes, out))
+            self.tell(room, cw.record(cw.CHAT, room.name_bytes, room.id.encode(), out))
 
     def tell(self, room: Room, record: bytes) -> None:
         """Queue C{record} for every other node with members in C{room}."""
@@ -43,13 +43,13 @@ class Outbound(Peers):
     def bound(self, member: Member) -> None:
         """See L{Peers.bound}."""
         room = member.room
-        self.tell(room, cw.record(cw.BOUND, room.name_bytes, member.name_bytes))
+        self.tell(room, cw.record(cw.BOUND, room.name_bytes, room.id.encode(), member.name_bytes))
         self.links.script(scripts.BIND, room.name, room.id, member.name)
 
     def left(self, member: Member, reason: str) -> None:
         """See L{Peers.left}."""
         room = member.room
-        self.tell(room, cw.record(cw.LEFT, room.name_bytes, cw.left_body(member.name, reason)))
+        self.tell(room, cw.record(cw.LEFT, room.name_bytes, room.id.encode(), cw.left_body(member.name, reason)))
         self.links.script(scripts.LEAVE, room.name, room.id, member.name)
 
     def closed(self, room: Room, reason: str, members: list[Member]) -> None:
@@ -62,11 +62,11 @@ class Outbound(Peers):
         node = self.node.name
         if room.replica:
             for member in members:
-                self.tell(room, cw.record(cw.LEFT, room.name_bytes, cw.left_body(member.name, NODE_GONE)))
+                self.tell(room, cw.record(cw.LEFT, room.name_bytes, room.id.encode(), cw.left_body(member.name, NODE_GONE)))
                 self.links.script(scripts.LEAVE, room.name, room.id, member.name)
             self.links.script(scripts.UNWHERE, room.name)
             return
-        record = cw.record(cw.CLOSED, room.name_bytes, reason.encode("ascii"))
+        record = cw.record(cw.CLOSED, room.name_bytes, room.id.encode(), reason.encode("ascii"))
         told = set(room.peer_nodes)
         self.tell(room, record)
 
@@ -88,7 +88,9 @@ class Inbound:
     What the other nodes' records do to this node's rooms, and the
     whole-membership records (SYNC).
 
-    A batch from a generation of its origin that is known dead (L{gone}) is
+    A record applies to the room held under its room's name only if the ids
+    match (a closed room and a new one of the same name never mix).  A
+    batch from a generation of its origin that is known dead (L{gone}) is
     dropped whole; chat older than C{max_age} seconds (half the member
     timeout, on Redis's clock) is dropped, the other records of its batch
     applied.
@@ -118,7 +120,7 @@ class Inbound:
                 self.fenced_batches += 1
             fresh = self.node.redis_ms(self.clock.seconds()) - sent_at <= self.max_age_ms
             rooms = self.rooms.rooms
-            for kind, room_name, body in records:
+            for kind, room_name, rid, body in records:
                 if kind == cw.GONE:
                     self.gone(*cw.parse_gone(body))
                 elif not admitted:
@@ -127,7 +129,7 @@ class Inbound:
                     self.stale_chat += 1
                 else:
                     room = rooms.get(room_name.decode("utf-8"))
-                    if room is not None:
+                    if room is not None and room.id == rid.decode("ascii"):
                         self._apply(origin, kind, room, body)
         except Exception:
             log.failure("a batch from another node failed")
@@ -157,7 +159,7 @@ class Inbound:
             if self.rooms.remote_member(room, body.decode("utf-8"), origin):
                 # a node new to the room: it may not know who is bound here
                 for member in room.bound:
-                    self.links.tell(origin, cw.record(cw.BOUND, room.name_bytes, member.name_bytes))
+                    self.links.tell(origin, cw.record(cw.BOUND, room.name_bytes, room.id.encode(), member.name_bytes))
         elif kind == cw.BOUND:
             writer.send_all(self.rooms.remote_bound(room, body.decode("utf-8"), origin))
         elif kind == cw.LEFT:
@@ -189,7 +191,7 @@ class Inbound:
     def sync_record(self, room: Room, reply: bool) -> bytes:
         """The SYNC record of this node's whole membership of C{room}."""
         members = [(m.name, m.route is not None) for m in room.members.values()]
-        return cw.record(cw.SYNC, room.name_bytes, cw.sync_body(members, reply))
+        return cw.record(cw.SYNC, room.name_bytes, room.id.encode(), cw.sync_body(members, reply))
 
     def _synced(self, origin: str, room: Room, body: bytes) -> None:
         """C{origin}'s whole membership of C{room}: make ours match it."""

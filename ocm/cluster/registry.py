@@ -169,7 +169,7 @@ class ClusterRegistry:
                 self.links.script(scripts.LEAVE, info.name, info.id, username)
                 self.rooms.drop_if_empty(room)
                 raise
-            self.outbound.tell(room, cw.record(cw.MEMBER, room.name_bytes, member.name_bytes))
+            self.outbound.tell(room, cw.record(cw.MEMBER, room.name_bytes, room.id.encode(), member.name_bytes))
             return member
 
         return self._counted(self.links.run(scripts.JOIN, info.name, info.id, username)).addCallbacks(joined, self._registry_failed)

@@ -41,8 +41,8 @@ end
 local function batch(node, gen, records)
   return string.char(#node) .. node .. struct.pack('>I8I8', tonumber(gen), now_ms()) .. records
 end
-local function record(kind, room, body)
-  return string.char(kind, #room) .. room .. struct.pack('>I2', #body) .. body
+local function record(kind, room, id, body)
+  return string.char(kind, #room) .. room .. id .. struct.pack('>I2', #body) .. body
 end
 """
 
@@ -95,7 +95,7 @@ local function reap(target, by, by_gen)
   end
   redis.call('DEL', where, 'ocm:alive:' .. target)
   if tgen then
-    local message = batch(by, by_gen, record(GONE, '', struct.pack('>I8', tonumber(tgen)) .. target))
+    local message = batch(by, by_gen, record(GONE, '', '0000000000000000', struct.pack('>I8', tonumber(tgen)) .. target))
     for n, _ in pairs(tell) do redis.call('PUBLISH', 'ocm:node:' .. n, message) end
   end
   return {tgen or '', count}
@@ -262,8 +262,8 @@ return 1
 #: ARGV: (checked), name, id, host, host node, capacity, password, hosted
 #: (1/0), then user, bound (1/0) pairs of the node's members.  Puts the
 #: node's part of a room back (after Redis restarted, or lost an update of
-#: ours) and drops its stale members -> 0 if the room is gone or another now
-#: (close it locally), else {members, bound} as in JOIN.
+#: ours) and drops its stale members -> 0 if the room is gone, -1 if it is
+#: another room now (close it locally), else {members, bound} as in JOIN.
 REBUILD = CHECKED + """
 local room, members, bound = key(ARGV[4], 'room'), key(ARGV[4], 'members'), key(ARGV[4], 'bound')
 local id = redis.call('HGET', room, 'id')
@@ -272,7 +272,7 @@ if not id then
   redis.call('HSET', room, 'id', ARGV[5], 'host', ARGV[6], 'node', ARGV[7], 'capacity', ARGV[8], 'password', ARGV[9])
   redis.call('HSET', 'ocm:rooms', ARGV[4], ARGV[5])
 elseif id ~= ARGV[5] then
-  return 0
+  return -1
 end
 local mine = {}
 for i = 11, #ARGV, 2 do mine[ARGV[i]] = ARGV[i + 1] end

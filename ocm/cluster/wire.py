@@ -5,7 +5,11 @@ A node sends each other node at most one Redis PUBLISH per reactor turn,
 on the channel C{ocm:node:<name>}, carrying a batch:
 
     batch  = OriginSize (1) | Origin (UTF-8 node name) | Generation (8) | SentAt (8) | record*
-    record = Kind (1) | RoomNameSize (1) | RoomName | BodySize (2, big-endian) | Body
+    record = Kind (1) | RoomNameSize (1) | RoomName | RoomId (16) | BodySize (2, big-endian) | Body
+
+C{RoomId} tells a room from an earlier or later one of the same name: a
+record whose id is not the one of the room the receiver holds under that
+name is ignored.
 
 C{Generation} is the origin's registration (L{ocm.cluster.state.Node}):
 a receiver drops every batch of a generation it knows is dead.  C{SentAt}
@@ -35,6 +39,10 @@ GONE = 0x47  # "G": no room; Body = Generation (8) | NodeName: that generation o
 KINDS = frozenset({CHAT, MEMBER, BOUND, LEFT, CLOSED, SYNC, GONE})
 
 _SIZE = struct.Struct(">H")
+#: The size of a room id on the wire (16 hex characters, ASCII).
+ID_SIZE = 16
+#: The room id of a record that names no room (GONE).
+NO_ROOM = b"0" * ID_SIZE
 #: Generation and SentAt, after the origin.
 _STAMP = struct.Struct(">QQ")
 _GENERATION = struct.Struct(">Q")
@@ -67,9 +75,22 @@ def batch_header(node: str, generation: int = 0, sent_at: int = 0) -> bytes:
     return origin_prefix(node) + _STAMP.pack(generation, sent_at)
 
 
-def record(kind: int, room: bytes, body: bytes) -> bytes:
-    """One record of a batch."""
-    return bytes((kind, len(room))) + room + _SIZE.pack(len(body)) + body
+def room_id(room_id: str) -> bytes:
+    """A room id as records carry it."""
+    raw = room_id.encode("ascii")
+    if len(raw) != ID_SIZE:
+        raise ValueError(f"a room id is {ID_SIZE} ASCII characters")
+    return raw
+
+
+def record(kind: int, room: bytes, rid: bytes, body: bytes) -> bytes:
+    """One record of a batch, about room C{room} (its UTF-8 name) of id C{rid} (L{room_id})."""
+    return bytes((kind, len(room))) + room + rid + _SIZE.pack(len(body)) + body
+
+
+def gone_record(node: str, generation: int) -> bytes:
+    """The GONE record: C{generation} of C{node} is dead."""
+    return record(GONE, b"", NO_ROOM, gone_body(node, generation))
 
 
 def left_body(username: str, reason: str) -> bytes:
@@ -127,13 +148,13 @@ class Batch(NamedTuple):
     origin: str
     generation: int
     sent_at: int
-    #: C{(kind, room, body)}, parsed as they are taken.
-    records: Iterator[tuple[int, bytes, bytes]]
+    #: C{(kind, room name, room id, body)}, parsed as they are taken.
+    records: Iterator[tuple[int, bytes, bytes, bytes]]
 
 
 def parse_batch(data: bytes) -> Batch:
     """
-    A batch's header, and its records, C{(kind, room, body)}, parsed as they
+    A batch's header, and its records, C{(kind, room name, room id, body)}, parsed as they
     are taken: they raise L{ClusterWireError} where the batch is cut short.
     Unknown kinds are skipped (a newer node's).
     """
@@ -144,7 +165,7 @@ def parse_batch(data: bytes) -> Batch:
     generation, sent_at = _STAMP.unpack_from(data, end)
     end += _STAMP.size
 
-    def records() -> Iterator[tuple[int, bytes, bytes]]:
+    def records() -> Iterator[tuple[int, bytes, bytes, bytes]]:
         at = end
         size = len(data)
         while at < size:
@@ -152,14 +173,15 @@ def parse_batch(data: bytes) -> Batch:
                 raise ClusterWireError("short record header")
             kind = data[at]
             room_end = at + 2 + data[at + 1]
-            if room_end + 2 > size:
+            id_end = room_end + ID_SIZE
+            if id_end + 2 > size:
                 raise ClusterWireError("short record")
-            (body_size,) = _SIZE.unpack_from(data, room_end)
-            body_end = room_end + 2 + body_size
+            (body_size,) = _SIZE.unpack_from(data, id_end)
+            body_end = id_end + 2 + body_size
             if body_end > size:
                 raise ClusterWireError("short record body")
             if kind in KINDS:
-                yield kind, data[at + 2 : room_end], data[room_end + 2 : body_end]
+                yield kind, data[at + 2 : room_end], data[room_end:id_end], data[id_end + 2 : body_end]
             at = body_end
 
     return Batch(origin, generation, sent_at, records())

@@ -218,3 +218,36 @@ class RoomIds(ClusterCase):
         await wait_until(lambda: ("h2", "after") in n.chats(), 5, "chat in the new room")
         for member in (h2, n):
             self.assertEqual([t for _, t in member.chats() if t.startswith("intruder")], [], member.name)
+
+
+class JoinsVisibleAtOnce(ClusterCase):
+    """A join is known on every node before the joiner's welcome."""
+
+    async def test_chat_sent_as_the_welcome_arrives_reaches_the_joiner(self) -> None:
+        """
+        The first member of a room on b gets its welcome, and in the same
+        instant (from the welcome's own arrival) the host on a sends: the
+        message reaches it, five rooms out of five.
+        """
+        got = 0
+        for i in range(5):
+            room = f"w{i}"
+            host = await self.member("a", 1, room, "host")
+            body, frames = await self.request("b", 2, room, username="joiner")
+            self.assertEqual(body["status"], 200)
+            joiner = Member(self, self.nodes["b"].udp_port, room, "joiner", frames[1].payload)
+            received = joiner.peer.datagramReceived
+
+            def at_once(data: bytes, addr: Any, host: Member = host, received: Any = received) -> None:
+                received(data, addr)
+                if data[0] == 0 and b'"welcome"' in data:
+                    host.send(b"right after your welcome")
+
+            joiner.peer.datagramReceived = at_once  # type: ignore[method-assign]
+            await joiner.hello()
+            try:
+                await wait_until(lambda j=joiner: ("host", "right after your welcome") in j.chats(), 2, "the message")
+                got += 1
+            except AssertionError:
+                pass
+        self.assertEqual(got, 5)

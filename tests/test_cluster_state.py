@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from ocm.cluster import wire as cw
 from ocm import wire
 from ocm.cluster.links import FLUSH_DELAY, Outbox
-from ocm.cluster.records import Inbound
+from ocm.cluster.records import JOIN_ACK_TIMEOUT, Inbound, JoinWaits
 from ocm.cluster.state import Incarnations, Node, StallWatch
 from ocm.rooms import Peers, Rooms
 from tests.helpers import FakeRoute
@@ -232,7 +232,7 @@ class InboundRules(unittest.TestCase):
         self.links.clock.advance(1000)
         self.node.synchronise(1_000_000, 1000, 1000)  # Redis's clock is this node's
         self.writer = FakeWriter()
-        self.inbound = Inbound(self.node, self.rooms, self.writer, self.links, Incarnations())  # type: ignore[arg-type]
+        self.inbound = Inbound(self.node, self.rooms, self.writer, self.links, Incarnations(), JoinWaits(self.links.clock))  # type: ignore[arg-type]
         # a replica of r, hosted on b; and s hosted here with a member on b
         self.r = self.rooms.adopt("r", R_ID, "hb", None, None)
         self.rooms.remote_bound(self.r, "hb", "b")
@@ -293,3 +293,42 @@ class InboundRules(unittest.TestCase):
         self.assertNotIn("r", self.rooms.rooms)
         self.assertNotIn(self.me.token, self.rooms.tokens)
         self.assertEqual(self.rooms.peers.told, [])  # type: ignore[attr-defined]
+
+
+class JoinAcknowledgements(unittest.TestCase):
+    """A join's token waits for every other node of the room to acknowledge its MEMBER record, at most JOIN_ACK_TIMEOUT."""
+
+    def test_fires_when_all_acked(self) -> None:
+        clock = Clock()
+        waits = JoinWaits(clock)
+        fired: list[Any] = []
+        waits.wait(R_ID, "j", {"a", "c"}).addCallback(fired.append)
+        waits.acked(R_ID, "j", "a")
+        waits.acked(R_ID, "other", "c")
+        self.assertEqual(fired, [])
+        waits.acked(R_ID, "j", "c")
+        self.assertEqual(fired, [None])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_fires_after_the_timeout(self) -> None:
+        clock = Clock()
+        waits = JoinWaits(clock)
+        fired: list[Any] = []
+        waits.wait(R_ID, "j", {"dead"}).addCallback(fired.append)
+        clock.advance(JOIN_ACK_TIMEOUT)
+        self.assertEqual(fired, [None])
+        waits.acked(R_ID, "j", "dead")  # late: nothing left to do
+        self.assertEqual(waits.waiting, {})
+
+    def test_nobody_to_wait_for(self) -> None:
+        fired: list[Any] = []
+        JoinWaits(Clock()).wait(R_ID, "j", set()).addCallback(fired.append)
+        self.assertEqual(fired, [None])
+
+    def test_member_record_is_acknowledged(self) -> None:
+        """A MEMBER is answered with an ACK to its origin, held room or not."""
+        links = FakeLinks()
+        node = Node("a", 30)
+        inbound = Inbound(node, Rooms(peers=Recording()), FakeWriter(), links, Incarnations(), JoinWaits(links.clock))  # type: ignore[arg-type]
+        inbound.received(cw.batch_header("b", 1) + cw.record(cw.MEMBER, b"r", RID, b"j"))
+        self.assertEqual(links.told, [("b", cw.record(cw.ACK, b"r", RID, b"j"))])

@@ -6,6 +6,9 @@ do here (L{Inbound}).
 
 from __future__ import annotations
 
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
 from ocm.cluster import scripts
 from ocm.cluster import wire as cw
 from ocm.cluster.links import RedisLinks
@@ -83,6 +86,52 @@ class Outbound(Peers):
         self.links.script(scripts.UNWHERE, room.name)
 
 
+#: The longest a join waits for the other nodes of its room to acknowledge
+#: its MEMBER record (a node that does not answer is dying: the join goes on).
+JOIN_ACK_TIMEOUT = 1.0
+
+
+class JoinWaits:
+    """
+    Joins waiting for every other node of their room to acknowledge the
+    MEMBER record (ACK), so that the joiner's token, and so its welcome,
+    comes after every node knows the join: C{(room id, username)} -> the
+    nodes not heard from, and the Deferred to fire.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.waiting: dict[tuple[str, str], tuple[set[str], defer.Deferred[None], IDelayedCall]] = {}
+
+    def wait(self, room_id: str, user: str, nodes: set[str], timeout: float = JOIN_ACK_TIMEOUT) -> defer.Deferred[None]:
+        """Fire once each of C{nodes} acknowledged, or after C{timeout} seconds."""
+        if not nodes:
+            return defer.succeed(None)
+        key = (room_id, user)
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def late() -> None:
+            if key in self.waiting and self.waiting[key][1] is d:
+                del self.waiting[key]
+                log.info("join of {user}: {nodes} did not acknowledge within {timeout} s", user=user, nodes=sorted(nodes), timeout=timeout)
+                d.callback(None)
+
+        self.waiting[key] = (set(nodes), d, self.clock.callLater(timeout, late))
+        return d
+
+    def acked(self, room_id: str, user: str, node: str) -> None:
+        """C{node} acknowledged the join of C{user} to room C{room_id}."""
+        entry = self.waiting.get((room_id, user))
+        if entry is None:
+            return
+        nodes, d, call = entry
+        nodes.discard(node)
+        if not nodes:
+            del self.waiting[(room_id, user)]
+            call.cancel()
+            d.callback(None)
+
+
 class Inbound:
     """
     What the other nodes' records do to this node's rooms, and the
@@ -96,12 +145,13 @@ class Inbound:
     applied.
     """
 
-    def __init__(self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks, incarnations: Incarnations) -> None:
+    def __init__(self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks, incarnations: Incarnations, joins: JoinWaits) -> None:
         self.node = node
         self.rooms = rooms
         self.writer = writer
         self.links = links
         self.incarnations = incarnations
+        self.joins = joins
         self.clock = links.clock
         #: Chat older than this many milliseconds is not delivered.
         self.max_age_ms = int(node.heartbeat_ttl * 1000 / 2)
@@ -131,6 +181,10 @@ class Inbound:
                     room = rooms.get(room_name.decode("utf-8"))
                     if room is not None and room.id == rid.decode("ascii"):
                         self._apply(origin, kind, room, body)
+                    if kind == cw.MEMBER:  # applied, or nothing to apply: either way the join is known here
+                        self.links.tell(origin, cw.record(cw.ACK, room_name, rid, body))
+                    elif kind == cw.ACK:
+                        self.joins.acked(rid.decode("ascii"), body.decode("utf-8"), origin)
         except Exception:
             log.failure("a batch from another node failed")
 

@@ -15,7 +15,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ocm.cluster import scripts
-from ocm.cluster import wire as cw
 from ocm.cluster.links import RedisLinks
 from ocm.cluster.records import Inbound, Outbound
 from ocm.cluster.state import Node
@@ -153,7 +152,7 @@ class ClusterRegistry:
         if len(self.rooms.tokens) >= self.rooms.max_members:
             raise RoomError(503, "the server is at its member limit")
 
-        def joined(result: Any) -> Member:
+        def joined(result: Any) -> Any:
             status = int(result[0])
             if status == 404:
                 raise RoomError(404, f"no room named {info.name!r}")
@@ -162,15 +161,20 @@ class ClusterRegistry:
             if status == 503:
                 raise RoomError(503, f"room {info.name!r} is full")
             room = self.rooms.adopt(info.name, info.id, info.host, info.password, info.capacity, info.history)
-            self.writer.send_all(self.inbound.sync_remote(room, pairs(result[1]), pairs(result[2])))
+            members = pairs(result[1])
+            self.writer.send_all(self.inbound.sync_remote(room, members, pairs(result[2])))
             try:
                 member = self.rooms.add_member(room, username, ip, self.clock.seconds())
             except RoomError:
                 self.links.script(scripts.LEAVE, info.name, info.id, username)
                 self.rooms.drop_if_empty(room)
                 raise
-            self.outbound.tell(room, cw.record(cw.MEMBER, room.name_bytes, room.id.encode(), member.name_bytes))
-            return member
+            # The JOIN script published the MEMBER record itself; the token
+            # (and so the welcome) waits until every other node of the room
+            # has applied it, so that nothing they relay after the welcome
+            # misses the joiner.
+            others = {node for _, node in members if node != self.node.name}
+            return self.inbound.joins.wait(room.id, username, others).addCallback(lambda _: member)
 
         return self._counted(self.links.run(scripts.JOIN, info.name, info.id, username)).addCallbacks(joined, self._registry_failed)
 

@@ -210,8 +210,12 @@ return 1
 """
 
 #: ARGV: (checked), name, id, user -> {404} | {409} | {503} | {200, members,
-#: bound} (members and bound as flat username, node lists).
+#: bound} (members and bound as flat username, node lists).  The MEMBER
+#: record is published here, to every other node with members in the room:
+#: the join is known there before the joining node even has the answer,
+#: so before the joiner's welcome.
 JOIN = CHECKED + """
+local MEMBER = 0x4D
 local name, user = ARGV[4], ARGV[6]
 local info = redis.call('HMGET', key(name, 'room'), 'id', 'capacity')
 if info[1] ~= ARGV[5] then return {404} end
@@ -220,7 +224,17 @@ if redis.call('HEXISTS', members, user) == 1 then return {409} end
 if info[2] ~= '' and redis.call('HLEN', members) >= tonumber(info[2]) then return {503} end
 redis.call('HSET', members, user, me)
 redis.call('SADD', 'ocm:where:' .. me, name)
-return {200, redis.call('HGETALL', members), redis.call('HGETALL', key(name, 'bound'))}
+local all = redis.call('HGETALL', members)
+local message = batch(me, ARGV[3], record(MEMBER, name, ARGV[5], user))
+local told = {[me] = true}
+for i = 2, #all, 2 do
+  local n = all[i]
+  if not told[n] then
+    told[n] = true
+    redis.call('PUBLISH', 'ocm:node:' .. n, message)
+  end
+end
+return {200, all, redis.call('HGETALL', key(name, 'bound'))}
 """
 
 #: ARGV: (checked), name, id, user -> 1 if recorded as bound.

@@ -25,7 +25,7 @@ from ocm.cluster.address import RedisAddress
 from ocm.cluster.guard import GuardedUDPServer, StallGuard
 from ocm.cluster.links import RedisLinks
 from ocm.cluster.liveness import Liveness
-from ocm.cluster.records import Inbound, Outbound
+from ocm.cluster.records import Inbound, JoinWaits, Outbound
 from ocm.cluster.registry import ClusterRegistry
 from ocm.cluster.state import Incarnations, Node, StallWatch
 from ocm.relay.protocol import Writer
@@ -87,7 +87,7 @@ class ClusterService(service.Service):
     def __init__(self, first: ClusterLinks, rooms: Rooms, writer: Writer, ports: Callable[[], tuple[int, int]]) -> None:
         self.node = first.node
         self.links = first.links
-        self.inbound = Inbound(self.node, rooms, writer, self.links, Incarnations())
+        self.inbound = Inbound(self.node, rooms, writer, self.links, Incarnations(), JoinWaits(self.links.clock))
         #: What the TCRP side asks (L{ocm.tcrp.registry.Registry}).
         self.registry = ClusterRegistry(self.node, rooms, self.links, first.outbound, self.inbound, writer)
         self.liveness = Liveness(self.node, rooms, writer, self.links, self.inbound, first.guard)

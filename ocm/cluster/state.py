@@ -142,3 +142,4 @@ class StallWatch:
         self._pending = 0.0
         self.last = now
         return gap if gap > self.limit else None
+

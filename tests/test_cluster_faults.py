@@ -251,3 +251,46 @@ class JoinsVisibleAtOnce(ClusterCase):
             except AssertionError:
                 pass
         self.assertEqual(got, 5)
+
+
+class RedisRestartedUnderAStall(FaultCase):
+    """Redis restarted empty while b was stopped: b's rebuild is checked as a join is."""
+
+    node_args = ["--timeout", str(TIMEOUT), "--max-history", "10"]
+
+    def room_field(self, room: str, field: str) -> bytes:
+        raw = self.redis.command("HGET", "ocm:{" + room.encode().hex() + "}:room", field)
+        return raw.split(b"\r\n")[1] if raw.startswith(b"$") and not raw.startswith(b"$-1") else b""
+
+    async def test_rebuild_checks_names_and_capacity_and_keeps_every_field(self) -> None:
+        """
+        a rebuilds room r first and gives the name of b's member x to a
+        newcomer, then fills the room; when b comes back its rebuild finds
+        x taken: b's x is told it is out, x is held once (by a), the room
+        stays within its capacity, /who agrees everywhere, and the room
+        kept every field: its history setting, and a field set through the
+        registry's extension point for governing state.
+        """
+        host = await self.member("a", 1, "r", "host", capacity=3, history=5)
+        x = await self.member("b", 2, "r", "x")
+        await wait_until(lambda: host.peer.notices("join"), 5, "x known on a")
+        # a field a governing rule would keep in the room (the extension point)
+        a = self.nodes["a"]
+        self.assertEqual(await a.cluster.registry.set_fields(a.rooms.rooms["r"], {"topic": "tea"}), 1)
+        self.redis.stop()
+        self.b.signal(signal.SIGSTOP)
+        self.redis.start()
+        await wait_until(lambda: all(n.cluster.ready for n in self.nodes.values()) and self.registry_members("r") == {"host": "a"}, 15, "a rebuilt r")
+        newcomer = await self.member("a", 2, "r", "x")
+        z = await self.member("c", 2, "r", "z")
+        self.b.signal(signal.SIGCONT)
+        await wait_until(lambda: x.peer.notices("disconnected"), 15, "b's x told it is out")
+        self.assertEqual(x.peer.notices("disconnected"), [{"event": "disconnected", "reason": "unreachable"}])
+        await self.b.ready()
+        await sleep(1.0)  # a heartbeat: every node has rebuilt
+        self.assertEqual(self.registry_members("r"), {"host": "a", "x": "a", "z": "c"})
+        self.assertEqual(self.room_field("r", "history"), b"5")
+        self.assertEqual(self.room_field("r", "capacity"), b"3")
+        self.assertEqual(self.room_field("r", "topic"), b"tea")
+        for m in (host, newcomer, z):
+            self.assertEqual(await self.who(m), {"host", "x", "z"}, m.name)

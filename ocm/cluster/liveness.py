@@ -22,7 +22,7 @@ from ocm.cluster.guard import StallGuard
 from ocm.cluster.links import RedisLinks
 from ocm.cluster.records import NODE_GONE, Inbound
 from ocm.cluster.registry import encode_password, pairs
-from ocm.cluster.state import Node
+from ocm.cluster.state import Node, RoomFields, flat
 from ocm.relay.protocol import Writer
 from ocm.rooms import Room, Rooms, Sends
 
@@ -37,8 +37,11 @@ class Liveness:
     restarted, or lost an update of ours).
     """
 
-    def __init__(self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks, inbound: Inbound, guard: StallGuard) -> None:
+    def __init__(
+        self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks, inbound: Inbound, guard: StallGuard, fields: RoomFields
+    ) -> None:
         self.node = node
+        self.fields = fields
         self.rooms = rooms
         self.writer = writer
         self.links = links
@@ -209,6 +212,7 @@ class Liveness:
         node.rebuilding = True
         held = list(self.rooms.rooms.values())
         log.info("rebuilding this node's part of the registry: {count} rooms", count=len(held))
+        self.fields.keep({room.id for room in held})
         try:
             self._pruned(await self.links.run(scripts.PRUNE, *[room.name for room in held]))
             await defer.DeferredList([self._rebuild_room(room) for room in held if room.open])
@@ -229,16 +233,23 @@ class Liveness:
         self._missing_since.pop(room.id, None)
         self.writer.send_all(self.rooms.remote_closed(room, "host_left"))
 
+    def room_fields(self, room: Room) -> dict[str, str]:
+        """The whole registry hash of C{room} as this node knows it (the fields it was created or found with, and any set since)."""
+        known = self.fields.of(room.id)
+        if known is not None:
+            return known
+        return {
+            "id": room.id,
+            "host": room.host_name,
+            "node": self.node.name if not room.replica else "",
+            "capacity": "" if room.capacity is None else str(room.capacity),
+            "password": encode_password(room.password),
+            "history": str(room.history_size),
+        }
+
     def _rebuild_room(self, room: Room) -> defer.Deferred[Any]:
-        args: list[Any] = [
-            room.name,
-            room.id,
-            room.host_name,
-            self.node.name if not room.replica else "",
-            "" if room.capacity is None else room.capacity,
-            encode_password(room.password),
-            "0" if room.replica else "1",
-        ]
+        fields = self.room_fields(room)
+        args: list[Any] = [room.name, room.id, "0" if room.replica else "1", len(fields), *flat(fields)]
         for member in room.members.values():
             args += [member.name, "1" if member.route is not None else "0"]
 
@@ -253,10 +264,21 @@ class Liveness:
                 self._missing(room)
                 return
             self._missing_since.pop(room.id, None)
-            self.writer.send_all(self.inbound.sync_remote(room, pairs(result[0]), pairs(result[1])))
+            members, bound, refused = pairs(result[0]), pairs(result[1]), list(result[2])
+            sends: Sends = []
+            for user in refused:
+                # another node holds the name now, or the room is full: it is out
+                member = room.members.get(user)
+                if member is not None:
+                    log.warn("rebuilding room {room}: {user} is out (its name is taken, or the room is full)", room=room.name, user=user)
+                    sends.extend(self.rooms.remove(member, NODE_GONE))
+            self.writer.send_all(sends)
+            if not room.open:
+                return
+            self.writer.send_all(self.inbound.sync_remote(room, members, bound))
             # every node with members there learns who is here, and answers in kind
             record = self.inbound.sync_record(room, True)
-            nodes = {node for _, node in pairs(result[0])} | set(room.peer_nodes)
+            nodes = {node for _, node in members} | set(room.peer_nodes)
             nodes.discard(self.node.name)
             for node in nodes:
                 self.links.tell(node, record)

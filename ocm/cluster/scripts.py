@@ -197,15 +197,30 @@ end
 return out
 """
 
-#: ARGV: (checked), name, id, host, capacity, password, history -> 1
-#: created, 0 name taken.
+#: ARGV: (checked), name, id, host, then field, value pairs: the room's
+#: whole hash (docs/cluster.rst: id, host, node, capacity, password,
+#: history, and any field a rule adds) -> 1 created, 0 name taken.
 CREATE = CHECKED + """
 local room = key(ARGV[4], 'room')
 if redis.call('EXISTS', room) == 1 then return 0 end
-redis.call('HSET', room, 'id', ARGV[5], 'host', ARGV[6], 'node', me, 'capacity', ARGV[7], 'password', ARGV[8], 'history', ARGV[9])
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', room, unpack(fields))
 redis.call('HSET', key(ARGV[4], 'members'), ARGV[6], me)
 redis.call('HSET', 'ocm:rooms', ARGV[4], ARGV[5])
 redis.call('SADD', 'ocm:where:' .. me, ARGV[4])
+return 1
+"""
+
+#: ARGV: (checked), name, id, then field, value pairs -> 1 if set (the room
+#: is still that one).  The extension point of rules that keep state in
+#: the room's hash (L{ocm.cluster.state.RoomFields}).
+SET_FIELDS = CHECKED + """
+local room = key(ARGV[4], 'room')
+if redis.call('HGET', room, 'id') ~= ARGV[5] then return 0 end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', room, unpack(fields))
 return 1
 """
 
@@ -273,23 +288,37 @@ redis.call('SREM', 'ocm:where:' .. me, ARGV[4])
 return 1
 """
 
-#: ARGV: (checked), name, id, host, host node, capacity, password, hosted
-#: (1/0), then user, bound (1/0) pairs of the node's members.  Puts the
-#: node's part of a room back (after Redis restarted, or lost an update of
-#: ours) and drops its stale members -> 0 if the room is gone, -1 if it is
-#: another room now (close it locally), else {members, bound} as in JOIN.
+#: ARGV: (checked), name, id, hosted (1/0), count of fields, the room's
+#: field, value pairs (its whole hash), then user, bound (1/0) pairs of the
+#: node's members, the host first.  Puts the node's part of a room back
+#: (after Redis restarted, or lost an update of ours), checking each member
+#: as a join is checked: a username another node holds now, or one more
+#: member than the capacity, is refused (the node tells that member it is
+#: out).  Drops its stale members.  -> 0 if the room is gone, -1 if it is
+#: another room now (close it locally), else {members, bound, refused}
+#: (members and bound as in JOIN, refused a list of usernames).  A host
+#: node recreates a room that Redis lost with every field it had.
 REBUILD = CHECKED + """
-local room, members, bound = key(ARGV[4], 'room'), key(ARGV[4], 'members'), key(ARGV[4], 'bound')
-local id = redis.call('HGET', room, 'id')
-if not id then
-  if ARGV[10] ~= '1' then return 0 end
-  redis.call('HSET', room, 'id', ARGV[5], 'host', ARGV[6], 'node', ARGV[7], 'capacity', ARGV[8], 'password', ARGV[9])
-  redis.call('HSET', 'ocm:rooms', ARGV[4], ARGV[5])
-elseif id ~= ARGV[5] then
+local name, id = ARGV[4], ARGV[5]
+local room, members, bound = key(name, 'room'), key(name, 'members'), key(name, 'bound')
+local nfields = tonumber(ARGV[7])
+local first = 8 + 2 * nfields
+local current = redis.call('HGET', room, 'id')
+if not current then
+  if ARGV[6] ~= '1' then return 0 end
+  local fields = {}
+  for i = 8, first - 1 do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', room, unpack(fields))
+  redis.call('HSET', 'ocm:rooms', name, id)
+elseif current ~= id then
   return -1
 end
-local mine = {}
-for i = 11, #ARGV, 2 do mine[ARGV[i]] = ARGV[i + 1] end
+local capacity = tonumber(redis.call('HGET', room, 'capacity') or '')
+local mine, order = {}, {}
+for i = first, #ARGV, 2 do
+  mine[ARGV[i]] = ARGV[i + 1]
+  order[#order + 1] = ARGV[i]
+end
 local all = redis.call('HGETALL', members)
 for i = 1, #all, 2 do
   if all[i + 1] == me and not mine[all[i]] then
@@ -297,12 +326,20 @@ for i = 1, #all, 2 do
     redis.call('HDEL', bound, all[i])
   end
 end
-for user, b in pairs(mine) do
-  redis.call('HSET', members, user, me)
-  if b == '1' then redis.call('HSET', bound, user, me) end
+local refused = {}
+for _, user in ipairs(order) do
+  local owner = redis.call('HGET', members, user)
+  if owner and owner ~= me then
+    refused[#refused + 1] = user
+  elseif not owner and capacity and redis.call('HLEN', members) >= capacity then
+    refused[#refused + 1] = user
+  else
+    redis.call('HSET', members, user, me)
+    if mine[user] == '1' then redis.call('HSET', bound, user, me) end
+  end
 end
-redis.call('SADD', 'ocm:where:' .. me, ARGV[4])
-return {redis.call('HGETALL', members), redis.call('HGETALL', bound)}
+redis.call('SADD', 'ocm:where:' .. me, name)
+return {redis.call('HGETALL', members), redis.call('HGETALL', bound), refused}
 """
 
 #: -> flat list: name, capacity, protected (1/0), members, per room.

@@ -27,7 +27,7 @@ from ocm.cluster.links import RedisLinks
 from ocm.cluster.liveness import Liveness
 from ocm.cluster.records import Inbound, JoinWaits, Outbound
 from ocm.cluster.registry import ClusterRegistry
-from ocm.cluster.state import Incarnations, Node, StallWatch
+from ocm.cluster.state import Incarnations, Node, RoomFields, StallWatch
 from ocm.relay.protocol import Writer
 from ocm.rooms import Rooms
 
@@ -88,9 +88,10 @@ class ClusterService(service.Service):
         self.node = first.node
         self.links = first.links
         self.inbound = Inbound(self.node, rooms, writer, self.links, Incarnations(), JoinWaits(self.links.clock))
+        fields = RoomFields()
         #: What the TCRP side asks (L{ocm.tcrp.registry.Registry}).
-        self.registry = ClusterRegistry(self.node, rooms, self.links, first.outbound, self.inbound, writer)
-        self.liveness = Liveness(self.node, rooms, writer, self.links, self.inbound, first.guard)
+        self.registry = ClusterRegistry(self.node, rooms, self.links, first.outbound, self.inbound, writer, fields)
+        self.liveness = Liveness(self.node, rooms, writer, self.links, self.inbound, first.guard, fields)
         self.events = NodeEvents(self.inbound, self.liveness)
         self.ports = ports
 

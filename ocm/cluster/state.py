@@ -143,3 +143,43 @@ class StallWatch:
         self.last = now
         return gap if gap > self.limit else None
 
+
+class RoomFields:
+    """
+    Every field of each room's registry hash (C{ocm:{H}:room}) as this node
+    last wrote or read it, by room id: what a rebuild writes back whole
+    when Redis lost the room.  The registry's fields today are C{id},
+    C{host}, C{node}, C{capacity}, C{password} and C{history}; a rule that
+    keeps more state in the room (a ban list, a lock, a topic, mutes, the
+    host moved) adds its fields here through
+    L{ocm.cluster.registry.ClusterRegistry.set_fields}, and rebuilds keep
+    them with no other change.
+    """
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, dict[str, str]] = {}
+
+    def remember(self, room_id: str, fields: dict[str, str]) -> None:
+        """The whole hash of room C{room_id}, as written or read."""
+        self.rooms[room_id] = dict(fields)
+
+    def update(self, room_id: str, fields: dict[str, str]) -> None:
+        """Some fields of room C{room_id} changed."""
+        self.rooms.setdefault(room_id, {}).update(fields)
+
+    def of(self, room_id: str) -> dict[str, str] | None:
+        """The fields of room C{room_id}, if known."""
+        return self.rooms.get(room_id)
+
+    def keep(self, room_ids: set[str]) -> None:
+        """Forget the rooms not in C{room_ids} (no longer held)."""
+        for room_id in [r for r in self.rooms if r not in room_ids]:
+            del self.rooms[room_id]
+
+
+def flat(fields: dict[str, str]) -> list[str]:
+    """C{{k1: v1, k2: v2}} as C{[k1, v1, k2, v2]} (arguments of HSET)."""
+    out: list[str] = []
+    for name, value in fields.items():
+        out += [name, value]
+    return out

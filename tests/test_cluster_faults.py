@@ -294,3 +294,74 @@ class RedisRestartedUnderAStall(FaultCase):
         self.assertEqual(self.room_field("r", "topic"), b"tea")
         for m in (host, newcomer, z):
             self.assertEqual(await self.who(m), {"host", "x", "z"}, m.name)
+
+
+class LogLines:
+    """The text of every log event of the test (twisted.logger's global publisher)."""
+
+    def __init__(self, case: unittest.TestCase) -> None:
+        from twisted.logger import globalLogPublisher
+
+        self.lines: list[str] = []
+        globalLogPublisher.addObserver(self.observe)
+        case.addCleanup(globalLogPublisher.removeObserver, self.observe)
+
+    def observe(self, event: dict[str, Any]) -> None:
+        from twisted.logger import formatEvent
+
+        self.lines.append(formatEvent(event))
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+
+class Reconnecting(ClusterCase):
+    """Redis going away and coming back: told once each way, one rebuild, no flapping."""
+
+    node_args = ["--timeout", str(TIMEOUT)]
+
+    async def test_redis_restart_told_once_and_rebuilt_once(self) -> None:
+        """Each node says once that Redis is unreachable and once that it is back, and rebuilds once."""
+        host, b1, c1 = await self.room("r", "abc")
+        loop = task.LoopingCall(lambda: [m.send(b"") for m in (host, b1, c1)])
+        loop.start(TIMEOUT / 5)
+        self.addCleanup(loop.stop)
+        logs = LogLines(self)
+        self.redis.stop()
+        await wait_until(lambda: not any(n.cluster.ready for n in self.nodes.values()), 5, "the nodes noticing")
+        await sleep(0.5)
+        self.redis.start()
+        await wait_until(lambda: all(n.cluster.ready for n in self.nodes.values()), 15, "the nodes back")
+        await sleep(3.0)  # time to flap, if they would
+        self.assertTrue(all(n.cluster.ready for n in self.nodes.values()))
+        port = self.redis.port
+        self.assertEqual(logs.count(f"Redis at 127.0.0.1:{port} unreachable"), 3, "\n".join(logs.lines))
+        self.assertEqual(logs.count(f"Redis at 127.0.0.1:{port} reachable again"), 3, "\n".join(logs.lines))
+        self.assertEqual(logs.count("rebuilding this node's part of the registry"), 3, "\n".join(logs.lines))
+        b1.send(b"after")
+        await wait_until(lambda: ("guest1", "after") in host.chats() and ("guest1", "after") in c1.chats(), 5, "chat across nodes")
+
+
+class StartingWithoutRedis(unittest.TestCase):
+    """A node started while Redis is down says so, naming where Redis is, and serves once it is up."""
+
+    timeout = 30
+
+    async def test_unreachable_at_start_up(self) -> None:
+        require_redis()
+        logs = LogLines(self)
+        redis = RedisServer(os.path.abspath(self.mktemp()))
+        self.addCleanup(redis.stop)
+        node = Node(self, "a", redis.url, "--timeout", str(TIMEOUT))
+        self.addCleanup(node.stop)
+        await wait_until(lambda: logs.count(f"Redis at 127.0.0.1:{redis.port} unreachable"), 5, "the log line")
+        body = status_of(await tcrp(node.tcp_port, 3, "", {}))
+        self.assertEqual(body["status"], 503)
+        redis.start()
+        await wait_until(lambda: node.cluster.ready, 10, "the node ready")
+        self.assertEqual(logs.count(f"Redis at 127.0.0.1:{redis.port} unreachable"), 1, "\n".join(logs.lines))
+        self.assertEqual(logs.count(f"Redis at 127.0.0.1:{redis.port} reachable"), 1, "\n".join(logs.lines))
+        # no anonymous retry messages (an object's address instead of Redis's)
+        self.assertEqual([line for line in logs.lines if "retry" in line.lower() or "ocm.cluster" in line], [])
+        body = status_of(await tcrp(node.tcp_port, 3, "", {}))
+        self.assertEqual(body["status"], 200)

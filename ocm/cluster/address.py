@@ -43,9 +43,46 @@ class RedisAddress:
 
     def endpoint(self, reactor: Any) -> Any:
         """A client endpoint to Redis (through TLS for C{rediss://})."""
-        endpoint: Any = TCP4ClientEndpoint(reactor, self.host, self.port, timeout=REPLY_TIMEOUT)
+        return self.endpoint_to(self.host, self.port, reactor)
+
+    def endpoint_to(self, host: str, port: int, reactor: Any) -> Any:
+        """A client endpoint to C{host}:C{port}, with this address's TLS settings."""
+        endpoint: Any = TCP4ClientEndpoint(reactor, host, port, timeout=REPLY_TIMEOUT)
         if self.tls:
             from ocm.tls import client_options
 
-            endpoint = wrapClientTLS(client_options(self.host, self.ca), endpoint)
+            endpoint = wrapClientTLS(client_options(host, self.ca), endpoint)
         return endpoint
+
+    def target(self, reactor: Any) -> StaticTarget:
+        """Where the primary is: here, always."""
+        return StaticTarget(self, reactor)
+
+
+class StaticTarget:
+    """The primary of a C{redis://} address: the address itself (L{ocm.cluster.links.Target})."""
+
+    def __init__(self, address: RedisAddress, reactor: Any) -> None:
+        self.address = address
+        self.reactor = reactor
+
+    def start(self, moved: Any) -> None:
+        """Nothing to watch."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def current(self) -> tuple[str, int] | None:
+        """C{(host, port)} of the primary."""
+        return self.address.host, self.address.port
+
+    def endpoint(self, host: str, port: int) -> Any:
+        """An endpoint to C{host}:C{port}."""
+        return self.address.endpoint_to(host, port, self.reactor)
+
+    def stale(self) -> None:
+        """A connection failed: nothing else to ask."""
+
+    def describe(self) -> str:
+        """Where Redis is, for the logs."""
+        return f"{self.address.host}:{self.address.port}"

@@ -111,7 +111,7 @@ class Liveness:
                 await self._reap(dead)
         # a create or join in flight is in the registry and not yet here:
         # a rebuild now would take it for stale; it waits for the next beat
-        if node.registered and node.rebuild_wanted and self.links.subscribed and not node.in_flight:
+        if node.registered and node.rebuild_wanted and self.links.reachable and not node.in_flight:
             await self._rebuild()
 
     async def _reap_self(self) -> None:
@@ -228,10 +228,17 @@ class Liveness:
         now = self.clock.seconds()
         since = self._missing_since.setdefault(room.id, now)
         if room.replica and now - since < self.node.heartbeat_ttl:
-            self.node.rebuild_wanted = True  # again at the next beat
+            self.clock.callLater(self.node.beat_interval, self._retry_room, room)
             return
         self._missing_since.pop(room.id, None)
         self.writer.send_all(self.rooms.remote_closed(room, "host_left"))
+
+    def _retry_room(self, room: Room) -> None:
+        """Ask again for a replica whose host had not rebuilt it (not a whole rebuild: only that room)."""
+        if room.open and self.node.registered and self.links.reachable:
+            self.links.fire(self._rebuild_room(room))
+        elif room.open:
+            self.node.want_rebuild()
 
     def room_fields(self, room: Room) -> dict[str, str]:
         """The whole registry hash of C{room} as this node knows it (the fields it was created or found with, and any set since)."""

@@ -159,8 +159,8 @@ class ClusterRegistry:
                 {str(k): str(v) for k, v in fields.items()},
             )
 
-        d: defer.Deferred[Any] = self.links.command.hgetall(scripts.room_key(name, "room"))
-        return d.addCallbacks(found, self._registry_failed)  # type: ignore[no-any-return]
+        d = self.links.call("HGETALL", scripts.room_key(name, "room"))
+        return d.addCallback(lambda flat: dict(pairs(flat or []))).addCallbacks(found, self._registry_failed)
 
     def join(self, info: SharedRoom, username: str, ip: str, now: float) -> defer.Deferred[Member]:
         """See L{ocm.tcrp.registry.Registry.join}: decided by the JOIN script."""

@@ -183,3 +183,45 @@ def flat(fields: dict[str, str]) -> list[str]:
     for name, value in fields.items():
         out += [name, value]
     return out
+
+
+class Reachability:
+    """
+    Whether Redis is reachable, as one fact for all of a node's connections
+    to it: reachable once every one of them is up, unreachable as soon as
+    one is lost.  Each change is told once (the links log it and, when
+    Redis is back, ask for one rebuild), so that connections coming back
+    one by one neither flap nor rebuild more than once.
+    """
+
+    def __init__(self, links: tuple[str, ...]) -> None:
+        self.links = frozenset(links)
+        self.up: set[str] = set()
+        self.reachable = False
+        #: Unreachability was told (and not yet its end).
+        self.told_down = False
+
+    def link_up(self, link: str) -> str | None:
+        """C{link} is up: C{"up"} (the first time), C{"back"} (after being told down), or None."""
+        self.up.add(link)
+        if self.reachable or self.up != self.links:
+            return None
+        self.reachable = True
+        was_down, self.told_down = self.told_down, False
+        return "back" if was_down else "up"
+
+    def link_down(self, link: str) -> str | None:
+        """C{link} is lost: C{"down"} if that makes Redis unreachable (told once), else None."""
+        self.up.discard(link)
+        if not self.reachable:
+            return None
+        self.reachable = False
+        self.told_down = True
+        return "down"
+
+    def failed(self) -> str | None:
+        """An attempt to reach Redis failed: C{"down"} if unreachability was not told yet (at start-up)."""
+        if self.reachable or self.told_down:
+            return None
+        self.told_down = True
+        return "down"

@@ -365,3 +365,48 @@ class StartingWithoutRedis(unittest.TestCase):
         self.assertEqual([line for line in logs.lines if "retry" in line.lower() or "ocm.cluster" in line], [])
         body = status_of(await tcrp(node.tcp_port, 3, "", {}))
         self.assertEqual(body["status"], 200)
+
+
+class SharedHistory(ClusterCase):
+    """A room's history lives in Redis: a newcomer on any node gets it, bounded as on one node."""
+
+    node_args = ["--max-history", "40"]
+
+    def history(self, m: Member) -> list[tuple[str, str]]:
+        return [(n["user"], n["text"]) for n in m.peer.notices("history")]
+
+    async def test_newcomer_on_another_node_gets_the_history(self) -> None:
+        """Chat from a and b; a newcomer on c gets the last three messages, in order."""
+        host, guest = await self.room("r", "ab", history=3)
+        for i, sender in enumerate((host, guest, host, guest)):
+            sender.send(f"m{i}".encode())
+            other = guest if sender is host else host
+            await wait_until(lambda i=i, other=other: any(t == f"m{i}" for _, t in other.chats()), 5, f"m{i}")
+        newcomer = await self.member("c", 2, "r", "c1")
+        await wait_until(lambda: len(self.history(newcomer)) == 3, 5, "the history")
+        self.assertEqual(self.history(newcomer), [("guest1", "m1"), ("host", "m2"), ("guest1", "m3")])
+        # and after Redis restarted empty, from the host's copy
+        self.redis.stop()
+        await wait_until(lambda: not self.nodes["a"].cluster.ready, 5, "a noticing")
+        self.redis.start()
+        await wait_until(lambda: all(n.cluster.ready for n in self.nodes.values()), 15, "the nodes back")
+        await wait_until(lambda: not self.redis.command("HGET", "ocm:rooms", "r").startswith(b"$-1"), 5, "r rebuilt by its host")
+        late = await self.member("b", 2, "r", "b2")
+        await wait_until(lambda: len(self.history(late)) == 3, 5, "the history after the restart")
+        self.assertEqual(self.history(late), [("guest1", "m1"), ("host", "m2"), ("guest1", "m3")])
+
+    async def test_history_bounded_by_bytes(self) -> None:
+        """40 messages of 3,000 bytes kept for a room of history 40: a newcomer gets the newest that fit in 64 KiB."""
+        host, guest = await self.room("big", "ab", history=40)
+        texts = [f"{i:02d}" + "x" * 2998 for i in range(40)]
+        for text in texts:
+            guest.send(text.encode())
+        await wait_until(lambda: len(host.chats()) == 40, 10, "every message")
+        newcomer = await self.member("c", 2, "big", "c1")
+        await wait_until(lambda: self.history(newcomer), 5, "the history")
+        await sleep(0.2)
+        got = [t for _, t in self.history(newcomer)]
+        notices = [d for d in newcomer.peer.received if d[0] == 0 and b'"history"' in d]
+        self.assertLessEqual(sum(len(d) - 1 for d in notices), 64 * 1024)
+        self.assertEqual(got, texts[-len(got) :])
+        self.assertGreater(len(got), 15)

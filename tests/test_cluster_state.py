@@ -332,3 +332,36 @@ class JoinAcknowledgements(unittest.TestCase):
         inbound = Inbound(node, Rooms(peers=Recording()), FakeWriter(), links, Incarnations(), JoinWaits(links.clock))  # type: ignore[arg-type]
         inbound.received(cw.batch_header("b", 1) + cw.record(cw.MEMBER, b"r", RID, b"j"))
         self.assertEqual(links.told, [("b", cw.record(cw.ACK, b"r", RID, b"j"))])
+
+
+class History(unittest.TestCase):
+    """A room's history in Redis: written in the batches' write, read back within the room's bounds."""
+
+    def test_written_with_the_batches(self) -> None:
+        clock = Clock()
+        writes: list[bytes] = []
+        outbox = Outbox(Node("a", 30), clock, lambda data: writes.append(data) or True)
+        outbox.add("b", cw.record(cw.CHAT, b"r", RID, b"\x01xhi"))
+        outbox.remember(b"ocm:{72}:history", 3, b"n1")
+        outbox.remember(b"ocm:{72}:history", 3, b"n2")
+        clock.advance(FLUSH_DELAY)
+        self.assertEqual(len(writes), 1)
+        self.assertTrue(writes[0].endswith(cw.resp_command(b"RPUSH", b"ocm:{72}:history", b"n1", b"n2") + cw.resp_command(b"LTRIM", b"ocm:{72}:history", b"-3", b"-1")))
+        self.assertEqual(writes[0].count(b"PUBLISH"), 1)
+
+    def test_fill_within_count_and_bytes(self) -> None:
+        from ocm.cluster.records import fill_history
+        from ocm.rooms import MAX_HISTORY_BYTES, Room
+
+        room = Room("r", None, None)
+        room.history_size = 5
+        fill_history(room, [b"a", b"b", b"c", b"d", b"e", b"f", b"g"])
+        self.assertEqual(list(room.history), [b"c", b"d", b"e", b"f", b"g"])
+        self.assertEqual(room.history_bytes, 5)
+        big = [bytes([65 + i]) * 30_000 for i in range(4)]
+        fill_history(room, big)
+        self.assertEqual(list(room.history), big[-2:])
+        self.assertLessEqual(room.history_bytes, MAX_HISTORY_BYTES)
+        room.history_size = 0
+        fill_history(room, [b"x"])
+        self.assertEqual(list(room.history), [])

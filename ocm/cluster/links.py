@@ -101,6 +101,8 @@ class Outbox:
         self.clock = clock
         self.write = write
         self.pending: dict[str, list[bytes]] = {}
+        #: History notices for each room's list in Redis: key -> (how many the room keeps, notices).
+        self.history: dict[bytes, tuple[int, list[bytes]]] = {}
         self.scheduled = False
         #: Batches written, and batches dropped (no connection, or Redis behind).
         self.sent = 0
@@ -117,24 +119,44 @@ class Outbox:
         else:
             batch.append(record)
 
+    def remember(self, key: bytes, size: int, notice: bytes) -> None:
+        """Queue C{notice} for the history list C{key} (a room keeping C{size} messages)."""
+        entry = self.history.get(key)
+        if entry is None:
+            self.history[key] = (size, [notice])
+            if not self.scheduled:
+                self.scheduled = True
+                self.clock.callLater(self.delay, self.flush)
+        else:
+            entry[1].append(notice)
+
     def flush(self) -> None:
-        """Write every pending batch: one PUBLISH each, one write in all."""
+        """
+        Write every pending batch (one PUBLISH each) and every room's new
+        history (one RPUSH and one LTRIM each): one write in all.
+        """
         self.scheduled = False
         pending, self.pending = self.pending, {}
-        if not pending:
+        history, self.history = self.history, {}
+        if not pending and not history:
             return
         node = self.node
         header = self.prefix + cw.stamp(node.generation, node.redis_ms(self.clock.seconds()))
         data = b"".join(cw.resp_command(b"PUBLISH", cw.channel(node), header + b"".join(records)) for node, records in pending.items())
+        if history:
+            data += b"".join(
+                cw.resp_command(b"RPUSH", key, *notices) + cw.resp_command(b"LTRIM", key, b"%d" % -size, b"-1") for key, (size, notices) in history.items()
+            )
         if self.write(data):
             self.sent += len(pending)
         else:
             self.dropped += len(pending)
 
     def discard(self) -> None:
-        """Forget the pending records (they belong to a generation that is dead)."""
+        """Forget the pending records and history (they belong to a generation that is dead)."""
         self.dropped += len(self.pending)
         self.pending = {}
+        self.history = {}
 
 
 class PublisherProtocol(PausedFlag, protocol.Protocol):
@@ -383,8 +405,8 @@ class RedisLinks:
 
     @property
     def ready(self) -> bool:
-        """Whether the node can take TCRP requests: Redis reachable, leftovers reaped, registered."""
-        return self.reach.reachable and self.node.clean and self.node.registered
+        """Whether the node can take TCRP requests: Redis reachable, leftovers reaped, registered and confirmed since."""
+        return self.reach.reachable and self.node.clean and self.node.registered and self.node.confirmed
 
     def moved(self) -> None:
         """The primary moved (Sentinel): every connection is made again, to it."""
@@ -395,6 +417,7 @@ class RedisLinks:
     def _tell(self, change: str | None) -> None:
         where = self.target.describe()
         if change == "down":
+            self.node.confirmed = False  # until Redis confirms the registration again
             log.error(
                 "Redis at {where} unreachable: relaying among this node's members only, room requests answered 503, reconnecting",
                 where=where,
@@ -412,8 +435,15 @@ class RedisLinks:
             self.events.command_connected()
 
     def link_down(self, link: Link) -> None:
-        """A connection is lost (it is being made again)."""
+        """
+        A connection is lost (it is being made again).  The script
+        connection lost (Redis not answering, or gone): the publishing
+        connection is made again too, so that batches it may still hold
+        do not reach Redis late.
+        """
         self._tell(self.reach.link_down(link.name))
+        if link is self.command_link:
+            self.publisher_link.drop()
 
     def link_failed(self, link: Link, error: str) -> None:
         """A connection attempt failed."""
@@ -506,6 +536,10 @@ class RedisLinks:
     def tell(self, node: str, record: bytes) -> None:
         """Queue C{record} for C{node}'s next batch."""
         self.outbox.add(node, record)  # type: ignore[union-attr]
+
+    def remember(self, room: str, size: int, notice: bytes) -> None:
+        """Queue C{notice} for the history list of room C{room} (keeping C{size} messages), in the next batch's write."""
+        self.outbox.remember(scripts.room_key(room, "history").encode("utf-8"), size, notice)  # type: ignore[union-attr]
 
 
 def connection_name(node: str, link: str) -> str:

@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -52,6 +53,8 @@ class Liveness:
         self.beating = False
         self._beat: task.LoopingCall | None = None
         self._missing_since: dict[str, float] = {}
+        #: Replicas to ask about again (their host had not rebuilt them), by room id.
+        self._retries: dict[str, IDelayedCall] = {}
 
     def start(self) -> None:
         """Beat every L{Node.beat_interval} seconds."""
@@ -61,9 +64,13 @@ class Liveness:
         self._beat.start(self.node.beat_interval, now=False)
 
     def stop(self) -> None:
-        """Stop beating."""
+        """Stop beating, and asking again."""
         if self._beat is not None and self._beat.running:
             self._beat.stop()
+        retries, self._retries = self._retries, {}
+        for call in retries.values():
+            if call.active():
+                call.cancel()
 
     def command_connected(self) -> None:
         """A script connection is up: beat now (reap leftovers, register) rather than at the next tick."""
@@ -134,6 +141,7 @@ class Liveness:
         sent = self.clock.seconds()
         dead, redis_ms = await self.links.run(scripts.HEARTBEAT, int(node.heartbeat_ttl * 1000))
         node.synchronise(int(redis_ms), sent, self.clock.seconds())
+        node.confirmed = True
         return list(dead)
 
     async def _reap(self, other: str) -> None:
@@ -228,13 +236,15 @@ class Liveness:
         now = self.clock.seconds()
         since = self._missing_since.setdefault(room.id, now)
         if room.replica and now - since < self.node.heartbeat_ttl:
-            self.clock.callLater(self.node.beat_interval, self._retry_room, room)
+            if room.id not in self._retries:
+                self._retries[room.id] = self.clock.callLater(self.node.beat_interval, self._retry_room, room)
             return
         self._missing_since.pop(room.id, None)
         self.writer.send_all(self.rooms.remote_closed(room, "host_left"))
 
     def _retry_room(self, room: Room) -> None:
         """Ask again for a replica whose host had not rebuilt it (not a whole rebuild: only that room)."""
+        self._retries.pop(room.id, None)
         if room.open and self.node.registered and self.links.reachable:
             self.links.fire(self._rebuild_room(room))
         elif room.open:
@@ -256,7 +266,8 @@ class Liveness:
 
     def _rebuild_room(self, room: Room) -> defer.Deferred[Any]:
         fields = self.room_fields(room)
-        args: list[Any] = [room.name, room.id, "0" if room.replica else "1", len(fields), *flat(fields)]
+        history = [] if room.replica else list(room.history)  # the host's node puts back what Redis lost
+        args: list[Any] = [room.name, room.id, "0" if room.replica else "1", len(fields), *flat(fields), len(history), *history]
         for member in room.members.values():
             args += [member.name, "1" if member.route is not None else "0"]
 

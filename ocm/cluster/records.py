@@ -14,7 +14,7 @@ from ocm.cluster import wire as cw
 from ocm.cluster.links import RedisLinks
 from ocm.cluster.state import Incarnations, Node
 from ocm.relay.protocol import Writer
-from ocm.rooms import Member, Peers, Room, Rooms, Sends
+from ocm.rooms import MAX_HISTORY_BYTES, Member, Peers, Room, Rooms, Sends
 from twisted.logger import Logger
 
 log = Logger()
@@ -31,11 +31,23 @@ class Outbound(Peers):
     def __init__(self, node: Node, links: RedisLinks) -> None:
         self.node = node
         self.links = links
+        #: The last history notice of each room written to Redis (by room id).
+        self._remembered: dict[str, bytes] = {}
 
     def chat(self, room: Room, out: bytes) -> None:
-        """A local member's chat: one record in each sharing node's batch."""
+        """
+        A local member's chat: one record in each sharing node's batch;
+        and, in a room that keeps history, the notice the relay just kept
+        (L{Room.remember}) goes to the room's history list in Redis, in the
+        same write.
+        """
         if room.peer_nodes:
             self.tell(room, cw.record(cw.CHAT, room.name_bytes, room.id.encode(), out))
+        if room.history_size and room.history:
+            notice = room.history[-1]
+            if self._remembered.get(room.id) is not notice:  # not kept (too long): nothing new
+                self._remembered[room.id] = notice
+                self.links.remember(room.name, room.history_size, notice)
 
     def tell(self, room: Room, record: bytes) -> None:
         """Queue C{record} for every other node with members in C{room}."""
@@ -63,6 +75,7 @@ class Outbound(Peers):
         leave the others' rooms.
         """
         node = self.node.name
+        self._remembered.pop(room.id, None)
         if room.replica:
             for member in members:
                 self.tell(room, cw.record(cw.LEFT, room.name_bytes, room.id.encode(), cw.left_body(member.name, NODE_GONE)))
@@ -83,7 +96,26 @@ class Outbound(Peers):
 
     def emptied(self, room: Room) -> None:
         """See L{Peers.emptied}."""
+        self._remembered.pop(room.id, None)
         self.links.script(scripts.UNWHERE, room.name)
+
+
+def fill_history(room: Room, notices: list[bytes]) -> None:
+    """
+    C{room}'s history is C{notices} (its list in Redis, oldest first): the
+    newest of them within the room's count and L{MAX_HISTORY_BYTES}, as
+    L{Room.remember} keeps them.
+    """
+    kept: list[bytes] = []
+    size = 0
+    for notice in reversed(notices[-room.history_size :] if room.history_size else []):
+        if size + len(notice) > MAX_HISTORY_BYTES:
+            break
+        kept.append(notice)
+        size += len(notice)
+    room.history.clear()
+    room.history.extend(reversed(kept))
+    room.history_bytes = size
 
 
 #: The longest a join waits for the other nodes of its room to acknowledge

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from ocm.cluster import scripts
 from ocm.cluster.links import RedisLinks
-from ocm.cluster.records import NODE_GONE, Inbound, Outbound
+from ocm.cluster.records import NODE_GONE, Inbound, Outbound, fill_history
 from ocm.cluster.state import Node, RoomFields, flat
 from ocm.passwords import PasswordHash
 from ocm.relay.protocol import Writer
@@ -180,6 +180,8 @@ class ClusterRegistry:
             if info.fields:
                 self.fields.remember(room.id, info.fields)
             members = pairs(result[1])
+            if room.history_size:  # the room's history, as Redis keeps it for every node
+                fill_history(room, [notice.encode("utf-8", "surrogateescape") for notice in result[3]])
             if username in room.remote:
                 # a namesake on another node that the registry no longer has
                 # (a rebuild gave its name away): it is gone, told as such

@@ -82,7 +82,7 @@ local function reap(target, by, by_gen)
         elseif n ~= by then tell[n] = true end
       end
       if info[2] == target then
-        redis.call('DEL', room, members, bound)
+        redis.call('DEL', room, members, bound, key(name, 'history'))
         redis.call('HDEL', 'ocm:rooms', name)
       else
         for _, user in ipairs(gone) do
@@ -180,7 +180,7 @@ for _, name in ipairs(redis.call('SMEMBERS', where)) do
         elseif not seen[n] then seen[n] = true; nodes[#nodes + 1] = n end
       end
       if info[2] == me then
-        redis.call('DEL', room, members, bound)
+        redis.call('DEL', room, members, bound, key(name, 'history'))
         redis.call('HDEL', 'ocm:rooms', name)
         out[#out + 1] = {name, info[1], 'closed', nodes, gone}
       else
@@ -225,7 +225,8 @@ return 1
 """
 
 #: ARGV: (checked), name, id, user -> {404} | {409} | {503} | {200, members,
-#: bound} (members and bound as flat username, node lists).  The MEMBER
+#: bound, history} (members and bound as flat username, node lists; history
+#: the room's list of history notices, oldest first).  The MEMBER
 #: record is published here, to every other node with members in the room:
 #: the join is known there before the joining node even has the answer,
 #: so before the joiner's welcome.
@@ -249,7 +250,7 @@ for i = 2, #all, 2 do
     redis.call('PUBLISH', 'ocm:node:' .. n, message)
   end
 end
-return {200, all, redis.call('HGETALL', key(name, 'bound'))}
+return {200, all, redis.call('HGETALL', key(name, 'bound')), redis.call('LRANGE', key(name, 'history'), 0, -1)}
 """
 
 #: ARGV: (checked), name, id, user -> 1 if recorded as bound.
@@ -277,7 +278,7 @@ local seen, nodes = {}, {}
 for _, n in ipairs(redis.call('HVALS', key(ARGV[4], 'members'))) do
   if not seen[n] then seen[n] = true; nodes[#nodes + 1] = n end
 end
-redis.call('DEL', room, key(ARGV[4], 'members'), key(ARGV[4], 'bound'))
+redis.call('DEL', room, key(ARGV[4], 'members'), key(ARGV[4], 'bound'), key(ARGV[4], 'history'))
 redis.call('HDEL', 'ocm:rooms', ARGV[4])
 return nodes
 """
@@ -289,27 +290,34 @@ return 1
 """
 
 #: ARGV: (checked), name, id, hosted (1/0), count of fields, the room's
-#: field, value pairs (its whole hash), then user, bound (1/0) pairs of the
-#: node's members, the host first.  Puts the node's part of a room back
+#: field, value pairs (its whole hash), count of history notices, the
+#: notices (oldest first), then user, bound (1/0) pairs of the node's
+#: members, the host first.  Puts the node's part of a room back
 #: (after Redis restarted, or lost an update of ours), checking each member
 #: as a join is checked: a username another node holds now, or one more
 #: member than the capacity, is refused (the node tells that member it is
 #: out).  Drops its stale members.  -> 0 if the room is gone, -1 if it is
 #: another room now (close it locally), else {members, bound, refused}
 #: (members and bound as in JOIN, refused a list of usernames).  A host
-#: node recreates a room that Redis lost with every field it had.
+#: node recreates a room that Redis lost with every field it had, and its
+#: history as the host's node kept it.
 REBUILD = CHECKED + """
 local name, id = ARGV[4], ARGV[5]
 local room, members, bound = key(name, 'room'), key(name, 'members'), key(name, 'bound')
 local nfields = tonumber(ARGV[7])
-local first = 8 + 2 * nfields
+local at = 8 + 2 * nfields
+local nhistory = tonumber(ARGV[at])
+local first = at + 1 + nhistory
 local current = redis.call('HGET', room, 'id')
 if not current then
   if ARGV[6] ~= '1' then return 0 end
   local fields = {}
-  for i = 8, first - 1 do fields[#fields + 1] = ARGV[i] end
+  for i = 8, at - 1 do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', room, unpack(fields))
   redis.call('HSET', 'ocm:rooms', name, id)
+  local history = key(name, 'history')
+  redis.call('DEL', history)
+  for i = at + 1, first - 1 do redis.call('RPUSH', history, ARGV[i]) end
 elseif current ~= id then
   return -1
 end

@@ -39,6 +39,9 @@ class Node:
         self.generation = 0
         #: Whether that generation is current as far as this node knows.
         self.registered = False
+        #: Whether Redis confirmed it since Redis was last unreachable (a
+        #: registry lost meanwhile refuses it at the next beat).
+        self.confirmed = False
         #: Its part of the registry must be put back (after the next beat).
         self.rebuild_wanted = True
         #: A rebuild is running: creates and joins wait (503) until it is done.
@@ -64,6 +67,7 @@ class Node:
         self.epoch = epoch
         self.generation = generation
         self.registered = True
+        self.confirmed = True
 
     def synchronise(self, redis_ms: int, sent: float, answered: float) -> None:
         """
@@ -85,6 +89,7 @@ class Node:
         if not self.registered or generation != self.generation:
             return False
         self.registered = False
+        self.confirmed = False
         return True
 
 

@@ -133,3 +133,28 @@ class ClusterOptions(unittest.TestCase):
         self.assertFalse(hasattr(top, "cluster"))
         self.assertIsInstance(top.tcrp.registry, LocalRegistry)  # type: ignore[attr-defined]
         self.assertIs(type(top.rooms.peers), Peers)  # type: ignore[attr-defined]
+
+
+class SentinelUrls(unittest.TestCase):
+    """C{redis+sentinel://} names the sentinels and the master."""
+
+    def test_parse(self) -> None:
+        a = RedisAddress.parse("redis+sentinel://:pw@h1:26380,h2/mymaster/3")
+        self.assertEqual((a.sentinels, a.master, a.db, a.password, a.host, a.port), ((("h1", 26380), ("h2", 26379)), "mymaster", 3, "pw", "h1", 26380))
+        self.assertEqual(RedisAddress.parse("redis+sentinel://10.0.0.5/chat").sentinels, (("10.0.0.5", 26379),))
+        for bad in ("redis+sentinel://h1", "redis+sentinel://h1:x/m", "redis+sentinel://h1/m/x", "redis+sentinel:///m"):
+            self.assertRaises(ValueError, RedisAddress.parse, bad)
+
+    def test_target(self) -> None:
+        from ocm.cluster.sentinel import SentinelTarget
+
+        target = RedisAddress.parse("redis+sentinel://h1/m").target(None)
+        self.assertIsInstance(target, SentinelTarget)
+        self.assertIsNone(target.current())
+        moved: list[int] = []
+        target.moved = lambda: moved.append(1)
+        target.found(("10.0.0.1", 6379))
+        self.assertEqual((target.current(), moved), (("10.0.0.1", 6379), []))
+        target.switched(b"other 10.0.0.1 6379 10.0.0.9 6379")
+        target.switched(b"m 10.0.0.1 6379 10.0.0.2 6380")
+        self.assertEqual((target.current(), moved, target.describe()), (("10.0.0.2", 6380), [1], "10.0.0.2:6380"))

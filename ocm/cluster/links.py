@@ -232,6 +232,8 @@ class Link(LinkOwner):
         self.name = name
         self.build = build
         self.proto: Any = None
+        #: Where it connects, or connected, to.
+        self.where: tuple[str, int] | None = None
         self.connecting = False
         self.stopped = False
         self.attempt = 0
@@ -257,14 +259,15 @@ class Link(LinkOwner):
             self._schedule()
             return
         self.connecting = True
+        self.where = where
         d = self.links.target.endpoint(*where).connect(self)
         d.addCallbacks(self._connected, self._failed)
 
     def _connected(self, proto: Any) -> None:
         self.connecting = False
         self.proto = proto
-        if self.stopped:
-            proto.transport.abortConnection()
+        if self.stopped or self.where != self.links.target.current():
+            proto.transport.abortConnection()  # stopped, or the primary moved while connecting
 
     def _failed(self, failure: Failure) -> None:
         self.connecting = False
@@ -280,9 +283,13 @@ class Link(LinkOwner):
 
     def ready(self, proto: Any) -> None:
         """See L{LinkOwner.ready}."""
-        if proto is self.proto:
-            self.attempt = 0
-            self.links.link_up(self)
+        if proto is not self.proto:
+            return
+        if self.where != self.links.target.current():  # the primary moved during the handshake
+            proto.transport.abortConnection()
+            return
+        self.attempt = 0
+        self.links.link_up(self)
 
     def refused(self, proto: Any, error: str) -> None:
         """See L{LinkOwner.refused}."""
@@ -292,6 +299,7 @@ class Link(LinkOwner):
         """See L{LinkOwner.lost}: connect again, at once the first time."""
         if proto is not self.proto:
             return
+        log.debug("connection {name} to {where} lost", name=self.name, where=self.where)
         self.proto = None
         gone, self._gone = self._gone, []
         for d in gone:
@@ -307,6 +315,7 @@ class Link(LinkOwner):
     def drop(self) -> None:
         """Close the connection now (it is made again, to wherever the primary is)."""
         if self.proto is not None and self.proto.transport is not None:
+            log.debug("dropping connection {name} to {where}", name=self.name, where=self.where)
             self.proto.transport.abortConnection()
 
     def stop(self) -> defer.Deferred[None]:
@@ -355,7 +364,7 @@ class RedisLinks:
         return handshake(self.address.password, self.address.db if link == "scripts" else None, connection_name(self.node.name, link))
 
     def _command_protocol(self, link: Link) -> CommandProtocol:
-        return CommandProtocol(link, self.clock, self._handshake("scripts"), REPLY_TIMEOUT)
+        return CommandProtocol(link, self.clock, self._handshake("scripts"), REPLY_TIMEOUT, primary=True)
 
     def _subscriber_protocol(self, link: Link) -> SubscriberProtocol:
         return SubscriberProtocol(link, self._handshake("sub"), cw.channel(self.node.name), self.received)
@@ -455,7 +464,7 @@ class RedisLinks:
         if error not in self._refusals:
             self._refusals.add(error)
             log.error("Redis at {where} refused this node's connection: {error}", where=self.target.describe(), error=error)
-        if error.startswith("READONLY") or "replica" in error.lower():
+        if error.startswith("READONLY"):  # a primary that Sentinel has made a replica: ask where the primary is now
             self.target.stale()
 
     def redis_lost(self) -> None:
@@ -479,7 +488,16 @@ class RedisLinks:
         sha = self._shas.get(script)
         if sha is None:
             sha = self._shas[script] = script_sha(script)
-        return proto.evaluate(script, sha, *args)  # type: ignore[no-any-return]
+
+        def demoted(failure: Failure) -> Failure:
+            # the primary became a replica (a failover): ask where the primary is, reconnect
+            if failure.getErrorMessage().startswith("READONLY"):
+                self.target.stale()
+                if self.command_link.proto is proto:  # not a late answer on a connection already replaced
+                    self.command_link.drop()
+            return failure
+
+        return proto.evaluate(script, sha, *args).addErrback(demoted)  # type: ignore[no-any-return]
 
     def call(self, *parts: Any) -> defer.Deferred[Any]:
         """Run one plain command on the script connection."""

@@ -150,11 +150,13 @@ class CommandProtocol(protocol.Protocol):
     connection (and fails every command waiting on it).
     """
 
-    def __init__(self, owner: LinkOwner, clock: IReactorTime, start: list[bytes], reply_timeout: float) -> None:
+    def __init__(self, owner: LinkOwner, clock: IReactorTime, start: list[bytes], reply_timeout: float, primary: bool = False) -> None:
         self.owner = owner
         self.clock = clock
         self.start = start
         self.reply_timeout = reply_timeout
+        #: Whether the connection must be to a primary (ROLE after the handshake): a replica is refused.
+        self.primary = primary
         self.replies = Replies(decode=True)
         self.waiting: deque[tuple[defer.Deferred[Any], IDelayedCall]] = deque()
         self.is_ready = False
@@ -164,8 +166,16 @@ class CommandProtocol(protocol.Protocol):
     def connectionMade(self) -> None:
         """Send the handshake; usable once every part of it is answered."""
         handshakes = [self._send(data) for data in self.start]
+        if self.primary:
+            handshakes.append(self.execute("ROLE"))
 
         def done(results: list[Any]) -> None:
+            if self.primary and not (results and isinstance(results[-1], list) and results[-1][:1] == ["master"]):
+                role = results[-1][0] if results and isinstance(results[-1], list) and results[-1] else "?"
+                self.owner.refused(self, f"READONLY this Redis is a {role}, not the primary")
+                if self.transport is not None:
+                    self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
             self.is_ready = True
             self.owner.ready(self)
 

@@ -146,6 +146,8 @@ class StalledNode(FaultCase):
         stopped = reactor.seconds()  # type: ignore[attr-defined]
         x.send(b"sent while b was stopped")
         hb.send(b"sent while b was stopped")
+        host.send(b"sent to b while it was stopped")  # waits in Redis for b
+        g.send(b"sent to b while it was stopped")
         await wait_until(lambda: len(host.peer.notices("leave")) == 2 and g.peer.notices("closed"), 2 * TIMEOUT + 2, "b reaped")
         self.assertEqual(g.peer.notices("closed"), [{"event": "closed", "reason": "host_left"}])
         newcomer = await self.member("a", 2, "r", "x")
@@ -162,8 +164,9 @@ class StalledNode(FaultCase):
         # nothing sent while b was stopped reached anyone
         await self.barrier(host, newcomer, newcomer2)
         await sleep(0.5)
-        for m in (host, newcomer, newcomer2, g):
+        for m in (host, newcomer, newcomer2, g, x, x2, hb):
             self.assertNotIn("sent while b was stopped", [text for _, text in m.chats()], m.name)
+            self.assertNotIn("sent to b while it was stopped", [text for _, text in m.chats() if m in (x, x2, hb)], m.name)
         # b re-added nothing: x and x2 are held once, by a and c; capacity holds
         await sleep(1.0)
         self.assertEqual(self.registry_members("r"), {"host": "a", "x": "a", "x2": "c"})
@@ -226,27 +229,31 @@ class JoinsVisibleAtOnce(ClusterCase):
     async def test_chat_sent_as_the_welcome_arrives_reaches_the_joiner(self) -> None:
         """
         The first member of a room on b gets its welcome, and in the same
-        instant (from the welcome's own arrival) the host on a sends: the
-        message reaches it, five rooms out of five.
+        instant (from the welcome's own arrival) the host on a and a member
+        on c send: both messages reach it, five rooms out of five.
         """
         got = 0
         for i in range(5):
             room = f"w{i}"
             host = await self.member("a", 1, room, "host")
+            other = await self.member("c", 2, room, "other")
             body, frames = await self.request("b", 2, room, username="joiner")
             self.assertEqual(body["status"], 200)
             joiner = Member(self, self.nodes["b"].udp_port, room, "joiner", frames[1].payload)
             received = joiner.peer.datagramReceived
 
-            def at_once(data: bytes, addr: Any, host: Member = host, received: Any = received) -> None:
+            def at_once(data: bytes, addr: Any, host: Member = host, other: Member = other, received: Any = received) -> None:
                 received(data, addr)
                 if data[0] == 0 and b'"welcome"' in data:
                     host.send(b"right after your welcome")
+                    other.send(b"right after your welcome")
 
             joiner.peer.datagramReceived = at_once  # type: ignore[method-assign]
             await joiner.hello()
             try:
-                await wait_until(lambda j=joiner: ("host", "right after your welcome") in j.chats(), 2, "the message")
+                await wait_until(
+                    lambda j=joiner: ("host", "right after your welcome") in j.chats() and ("other", "right after your welcome") in j.chats(), 2, "the messages"
+                )
                 got += 1
             except AssertionError:
                 pass
@@ -340,6 +347,11 @@ class Reconnecting(ClusterCase):
         self.assertEqual(logs.count("rebuilding this node's part of the registry"), 3, "\n".join(logs.lines))
         b1.send(b"after")
         await wait_until(lambda: ("guest1", "after") in host.chats() and ("guest1", "after") in c1.chats(), 5, "chat across nodes")
+        for m in (host, b1, c1):
+            m.send(wire.WHO)
+        await wait_until(lambda: all(m.peer.notices("members") for m in (host, b1, c1)), 5, "who")
+        for m in (host, b1, c1):
+            self.assertEqual(set(m.peer.notices("members")[-1]["members"]), {"host", "guest1", "guest2"}, m.name)
 
 
 class StartingWithoutRedis(unittest.TestCase):

@@ -203,7 +203,9 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
     top.rooms = rooms  # type: ignore[attr-defined]
     top.relay = relay  # type: ignore[attr-defined]
 
-    udp = FastUDPServer(config["udp"], relay, interface=config["interface"], maxPacketSize=LISTEN_SIZE)
+    # a cluster node's port drains what waited during a stall of its process (ocm.cluster.guard)
+    udp_server = first.udp_server if first is not None else FastUDPServer
+    udp = udp_server(config["udp"], relay, interface=config["interface"], maxPacketSize=LISTEN_SIZE)
     udp.setName("udp")
     udp.setServiceParent(top)
 
@@ -253,6 +255,8 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> service
         web.setServiceParent(top)
 
     timers = [GuardedCall(relay.sweep, "room expiry")]
+    if first is not None:  # after a stall of this process, what waited in the UDP port counts before the sweep
+        timers.insert(0, GuardedCall(first.guard.before_sweep, "stall check"))
     lobby = None
     if config["lobby"] is not None:
         lobby = LobbyProtocol(stats, reactor, timeout=config["timeout"])

@@ -214,7 +214,10 @@ def spawn_twistd(case: Any, *args: str) -> TwistdProcess:
     else:  # e.g. pip install --user: the script is elsewhere; same entry point
         twistd = sys.executable
         argv = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
-    transport = reactor.spawnProcess(proc, twistd, [*argv, "--pidfile=", *args], env=dict(os.environ), path=path)  # type: ignore[attr-defined]
+    # this tree's ocm first: an editable install may point at another checkout
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
+    transport = reactor.spawnProcess(proc, twistd, [*argv, "--pidfile=", *args], env=env, path=path)  # type: ignore[attr-defined]
 
     def kill() -> Any:
         if transport.pid is not None:

@@ -14,9 +14,14 @@ from twisted.trial import unittest
 from ocm.cluster import wire as cw
 from ocm import wire
 from ocm.cluster.links import FLUSH_DELAY, Outbox
+from ocm.cluster.records import JOIN_ACK_TIMEOUT, Inbound, JoinWaits
+from ocm.cluster.state import Incarnations, Node, StallWatch
 from ocm.rooms import Peers, Rooms
 from tests.helpers import FakeRoute
 
+RID = b"0123456789abcdef"
+R_ID = "7777777777777777"
+S_ID = "5555555555555555"
 A = ("127.0.0.1", 5001)
 B = ("127.0.0.1", 5002)
 
@@ -122,11 +127,11 @@ class Batching(unittest.TestCase):
     def test_one_publish_per_node_one_write(self) -> None:
         clock = Clock()
         writes: list[bytes] = []
-        outbox = Outbox("a", clock, lambda data: writes.append(data) or True)
+        outbox = Outbox(Node("a", 30), clock, lambda data: writes.append(data) or True)
         for i in range(3):
-            outbox.add("b", cw.record(cw.CHAT, b"r", b"\x01x%d" % i))
-        outbox.add("c", cw.record(cw.CHAT, b"s", b"\x01y"))
-        outbox.add("c", cw.record(cw.LEFT, b"s", cw.left_body("y", "left")))
+            outbox.add("b", cw.record(cw.CHAT, b"r", RID, b"\x01x%d" % i))
+        outbox.add("c", cw.record(cw.CHAT, b"s", RID, b"\x01y"))
+        outbox.add("c", cw.record(cw.LEFT, b"s", RID, cw.left_body("y", "left")))
         self.assertEqual(writes, [])
         clock.advance(FLUSH_DELAY)
         self.assertEqual(len(writes), 1)
@@ -137,12 +142,226 @@ class Batching(unittest.TestCase):
         start = data.index(b"ocm:node:b")
         body = data[data.index(b"\r\n$", start) + 3 :]
         size, _, rest = body.partition(b"\r\n")
-        origin, recs = cw.parse_batch(rest[: int(size)])
-        self.assertEqual((origin, [b for _, _, b in recs]), ("a", [b"\x01x0", b"\x01x1", b"\x01x2"]))
+        batch = cw.parse_batch(rest[: int(size)])
+        self.assertEqual((batch.origin, [b for _, _, _, b in batch.records]), ("a", [b"\x01x0", b"\x01x1", b"\x01x2"]))
 
     def test_dropped_without_a_connection(self) -> None:
         clock = Clock()
-        outbox = Outbox("a", clock, lambda data: False)
-        outbox.add("b", cw.record(cw.CHAT, b"r", b"\x01x"))
+        outbox = Outbox(Node("a", 30), clock, lambda data: False)
+        outbox.add("b", cw.record(cw.CHAT, b"r", RID, b"\x01x"))
         clock.advance(FLUSH_DELAY)
         self.assertEqual((outbox.sent, outbox.dropped), (0, 1))
+
+
+class Fencing(unittest.TestCase):
+    """Generations, dead incarnations and stalls, as pure state."""
+
+    def test_refused_once_per_generation(self) -> None:
+        node = Node("a", 2)
+        self.assertFalse(node.refused(0))  # never registered
+        node.registered_as("e1", 10)
+        self.assertFalse(node.refused(9))  # a stale answer
+        self.assertTrue(node.refused(10))
+        self.assertFalse(node.refused(10))  # acted on already
+        node.registered_as("e1", 11)
+        self.assertTrue(node.registered)
+
+    def test_redis_clock(self) -> None:
+        node = Node("a", 2)
+        node.synchronise(5_000, 1.0, 1.2)  # Redis read 5 s while this node read 1.1 s
+        self.assertEqual(node.redis_ms(2.1), 6_000)
+
+    def test_incarnations(self) -> None:
+        inc = Incarnations()
+        self.assertTrue(inc.admits("b", 1))
+        self.assertTrue(inc.died("b", 5))
+        self.assertFalse(inc.died("b", 5))
+        self.assertFalse(inc.died("b", 4))
+        self.assertFalse(inc.admits("b", 5))
+        self.assertFalse(inc.admits("b", 3))
+        self.assertTrue(inc.admits("b", 6))  # its next registration
+        self.assertTrue(inc.admits("c", 1))
+
+    def test_stall_watch(self) -> None:
+        watch = StallWatch(1.0)
+        self.assertFalse(watch.stalled(100.0))  # not started
+        self.assertIsNone(watch.tick(100.0))
+        self.assertIsNone(watch.tick(100.5))
+        self.assertFalse(watch.stalled(101.4))
+        self.assertTrue(watch.stalled(105.0))
+        # a read found it first: reads are fresh again, the tick still reports it
+        self.assertEqual(watch.resumed(105.0), 4.5)
+        self.assertFalse(watch.stalled(105.1))
+        self.assertEqual(watch.tick(105.2), 4.5)
+        self.assertIsNone(watch.tick(105.7))
+
+
+class FakeLinks:
+    """What Inbound asks of the links: a clock, and records to other nodes."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.told: list[tuple[str, bytes]] = []
+
+    def tell(self, node: str, record: bytes) -> None:
+        self.told.append((node, record))
+
+
+class FakeWriter:
+    """What Inbound asks of the relay."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+        self.delivered: list[tuple[str, bytes]] = []
+
+    def send_all(self, sends: list[tuple[bytes, Any]]) -> None:
+        self.sent.extend(sends)
+
+    def deliver(self, room: Any, out: bytes) -> None:
+        self.delivered.append((room.name, out))
+
+
+class InboundRules(unittest.TestCase):
+    """What another node's batch does here: generations, GONE, old chat, namesakes."""
+
+    def setUp(self) -> None:
+        self.node = Node("a", 2)  # chat older than 1 s is dropped
+        self.node.registered_as("e", 1)
+        self.rooms = Rooms(peers=Recording())
+        self.links = FakeLinks()
+        self.links.clock.advance(1000)
+        self.node.synchronise(1_000_000, 1000, 1000)  # Redis's clock is this node's
+        self.writer = FakeWriter()
+        self.inbound = Inbound(self.node, self.rooms, self.writer, self.links, Incarnations(), JoinWaits(self.links.clock))  # type: ignore[arg-type]
+        # a replica of r, hosted on b; and s hosted here with a member on b
+        self.r = self.rooms.adopt("r", R_ID, "hb", None, None)
+        self.rooms.remote_bound(self.r, "hb", "b")
+        self.rooms.remote_bound(self.r, "cb", "c")
+        self.me = self.rooms.add_member(self.r, "me", "127.0.0.1", 1000)
+        self.rooms.bind(self.me, FakeRoute(A), 1000)
+        self.host = self.rooms.create("s", "host", "127.0.0.1", 1000, room_id=S_ID)
+        self.rooms.bind(self.host, FakeRoute(B), 1000)
+        self.rooms.remote_bound(self.host.room, "gb", "b")
+
+    def batch(self, origin: str, generation: int, *records: bytes, sent_at: int = 1_000_000) -> bytes:
+        return cw.batch_header(origin, generation, sent_at) + b"".join(records)
+
+    def test_gone_purges_and_fences(self) -> None:
+        chat = cw.record(cw.CHAT, b"r", R_ID.encode(), b"\x02hbhi")
+        self.inbound.received(self.batch("b", 7, chat))
+        self.assertEqual(self.writer.delivered, [("r", b"\x02hbhi")])
+        self.inbound.received(self.batch("c", 3, cw.gone_record("b", 7)))
+        got = {(m.name, tuple(sorted(wire.decode_notice(wire.decode_relayed(d)[1]).items()))) for d, m in self.writer.sent}
+        self.assertEqual(got, {("me", (("event", "closed"), ("reason", "host_left"))), ("host", (("event", "leave"), ("reason", "unreachable"), ("user", "gb")))})
+        self.assertNotIn("r", self.rooms.rooms)
+        self.assertEqual(self.host.room.remote, {})
+        # generation 7 of b is dead: its late batches are dropped whole; 8 is its next life
+        self.inbound.received(self.batch("b", 7, cw.record(cw.MEMBER, b"s", S_ID.encode(), b"zombie")))
+        self.assertEqual(self.host.room.remote, {})
+        self.assertEqual(self.inbound.fenced_batches, 1)
+        self.inbound.received(self.batch("b", 8, cw.record(cw.MEMBER, b"s", S_ID.encode(), b"new")))
+        self.assertEqual(self.host.room.remote, {"new": "b"})
+
+    def test_old_chat_dropped_other_records_applied(self) -> None:
+        old = 1_000_000 - 1_500
+        rid = R_ID.encode()
+        self.inbound.received(self.batch("c", 1, cw.record(cw.CHAT, b"r", rid, b"\x02cbold"), cw.record(cw.LEFT, b"r", rid, cw.left_body("cb", "left")), sent_at=old))
+        self.assertEqual(self.writer.delivered, [])
+        self.assertEqual(self.inbound.stale_chat, 1)
+        self.assertNotIn("cb", self.r.remote)
+
+    def test_left_only_from_the_members_node(self) -> None:
+        self.inbound.received(self.batch("c", 1, cw.record(cw.LEFT, b"r", R_ID.encode(), cw.left_body("hb", "left"))))
+        self.assertEqual(self.r.remote.get("hb"), "b")
+        self.assertEqual(self.writer.sent, [])
+
+    def test_records_of_another_room_of_that_name_ignored(self) -> None:
+        """A record for room r under another id (an earlier or later r) changes nothing here."""
+        other = b"0000111122223333"
+        self.inbound.received(self.batch("b", 1, cw.record(cw.CHAT, b"r", other, b"\x02hbhi"), cw.record(cw.CLOSED, b"r", other, b"host_left")))
+        self.assertEqual(self.writer.delivered, [])
+        self.assertIn("r", self.rooms.rooms)
+        self.assertTrue(self.r.open)
+
+    def test_evict(self) -> None:
+        """A fenced node's replica: its members get disconnected/unreachable, nothing else is told."""
+        other = self.rooms.add_member(self.r, "other", "127.0.0.1", 1000)
+        self.rooms.bind(other, FakeRoute(B), 1000)
+        self.rooms.peers.told.clear()  # type: ignore[attr-defined]
+        sends = self.rooms.evict(self.r, "unreachable")
+        self.assertEqual(notices(sends), [({"event": "disconnected", "reason": "unreachable"}, A), ({"event": "disconnected", "reason": "unreachable"}, B)])
+        self.assertNotIn("r", self.rooms.rooms)
+        self.assertNotIn(self.me.token, self.rooms.tokens)
+        self.assertEqual(self.rooms.peers.told, [])  # type: ignore[attr-defined]
+
+
+class JoinAcknowledgements(unittest.TestCase):
+    """A join's token waits for every other node of the room to acknowledge its MEMBER record, at most JOIN_ACK_TIMEOUT."""
+
+    def test_fires_when_all_acked(self) -> None:
+        clock = Clock()
+        waits = JoinWaits(clock)
+        fired: list[Any] = []
+        waits.wait(R_ID, "j", {"a", "c"}).addCallback(fired.append)
+        waits.acked(R_ID, "j", "a")
+        waits.acked(R_ID, "other", "c")
+        self.assertEqual(fired, [])
+        waits.acked(R_ID, "j", "c")
+        self.assertEqual(fired, [None])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_fires_after_the_timeout(self) -> None:
+        clock = Clock()
+        waits = JoinWaits(clock)
+        fired: list[Any] = []
+        waits.wait(R_ID, "j", {"dead"}).addCallback(fired.append)
+        clock.advance(JOIN_ACK_TIMEOUT)
+        self.assertEqual(fired, [None])
+        waits.acked(R_ID, "j", "dead")  # late: nothing left to do
+        self.assertEqual(waits.waiting, {})
+
+    def test_nobody_to_wait_for(self) -> None:
+        fired: list[Any] = []
+        JoinWaits(Clock()).wait(R_ID, "j", set()).addCallback(fired.append)
+        self.assertEqual(fired, [None])
+
+    def test_member_record_is_acknowledged(self) -> None:
+        """A MEMBER is answered with an ACK to its origin, held room or not."""
+        links = FakeLinks()
+        node = Node("a", 30)
+        inbound = Inbound(node, Rooms(peers=Recording()), FakeWriter(), links, Incarnations(), JoinWaits(links.clock))  # type: ignore[arg-type]
+        inbound.received(cw.batch_header("b", 1) + cw.record(cw.MEMBER, b"r", RID, b"j"))
+        self.assertEqual(links.told, [("b", cw.record(cw.ACK, b"r", RID, b"j"))])
+
+
+class History(unittest.TestCase):
+    """A room's history in Redis: written in the batches' write, read back within the room's bounds."""
+
+    def test_written_with_the_batches(self) -> None:
+        clock = Clock()
+        writes: list[bytes] = []
+        outbox = Outbox(Node("a", 30), clock, lambda data: writes.append(data) or True)
+        outbox.add("b", cw.record(cw.CHAT, b"r", RID, b"\x01xhi"))
+        outbox.remember(b"ocm:{72}:history", 3, b"n1")
+        outbox.remember(b"ocm:{72}:history", 3, b"n2")
+        clock.advance(FLUSH_DELAY)
+        self.assertEqual(len(writes), 1)
+        self.assertTrue(writes[0].endswith(cw.resp_command(b"RPUSH", b"ocm:{72}:history", b"n1", b"n2") + cw.resp_command(b"LTRIM", b"ocm:{72}:history", b"-3", b"-1")))
+        self.assertEqual(writes[0].count(b"PUBLISH"), 1)
+
+    def test_fill_within_count_and_bytes(self) -> None:
+        from ocm.cluster.records import fill_history
+        from ocm.rooms import MAX_HISTORY_BYTES, Room
+
+        room = Room("r", None, None)
+        room.history_size = 5
+        fill_history(room, [b"a", b"b", b"c", b"d", b"e", b"f", b"g"])
+        self.assertEqual(list(room.history), [b"c", b"d", b"e", b"f", b"g"])
+        self.assertEqual(room.history_bytes, 5)
+        big = [bytes([65 + i]) * 30_000 for i in range(4)]
+        fill_history(room, big)
+        self.assertEqual(list(room.history), big[-2:])
+        self.assertLessEqual(room.history_bytes, MAX_HISTORY_BYTES)
+        room.history_size = 0
+        fill_history(room, [b"x"])
+        self.assertEqual(list(room.history), [])

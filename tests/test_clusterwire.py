@@ -13,51 +13,57 @@ from ocm.cluster.scripts import room_key
 from ocm.passwords import PasswordHash
 
 names = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=60).filter(lambda s: len(s.encode()) <= 255)
-records = st.lists(st.tuples(st.sampled_from(sorted(cw.KINDS)), names, st.binary(max_size=4094)), max_size=20)
+ids = st.text("0123456789abcdef", min_size=16, max_size=16).map(str.encode)
+records = st.lists(st.tuples(st.sampled_from(sorted(cw.KINDS)), names, ids, st.binary(max_size=4094)), max_size=20)
 
 
 class Batches(unittest.TestCase):
     """Batches parse back to what was put in; cut or junk ones raise, never more."""
 
     @given(names, records)
-    def test_round_trip(self, origin: str, recs: list[tuple[int, str, bytes]]) -> None:
-        data = cw.batch_header(origin) + b"".join(cw.record(k, r.encode(), b) for k, r, b in recs)
-        got_origin, parsed = cw.parse_batch(data)
-        self.assertEqual(got_origin, origin)
-        self.assertEqual(list(parsed), [(k, r.encode(), b) for k, r, b in recs])
+    def test_round_trip(self, origin: str, recs: list[tuple[int, str, bytes, bytes]]) -> None:
+        data = cw.batch_header(origin, 2**60 + 7, 1_700_000_000_123) + b"".join(cw.record(k, r.encode(), i, b) for k, r, i, b in recs)
+        batch = cw.parse_batch(data)
+        self.assertEqual((batch.origin, batch.generation, batch.sent_at), (origin, 2**60 + 7, 1_700_000_000_123))
+        self.assertEqual(list(batch.records), [(k, r.encode(), i, b) for k, r, i, b in recs])
 
     def test_exact_bytes(self) -> None:
         """The layout of docs/cluster.rst, byte for byte."""
-        data = cw.batch_header("a") + cw.record(cw.CHAT, b"r", b"\x03bob" + b"hi")
-        self.assertEqual(data, b"\x01a" + b"C\x01r\x00\x06\x03bobhi")
+        data = cw.batch_header("a", 5, 256) + cw.record(cw.CHAT, b"r", cw.room_id("0123456789abcdef"), b"\x03bob" + b"hi")
+        self.assertEqual(data, b"\x01a" + b"\x00" * 7 + b"\x05" + b"\x00" * 6 + b"\x01\x00" + b"C\x01r0123456789abcdef\x00\x06\x03bobhi")
+        self.assertEqual(cw.gone_record("b", 1), b"G\x00" + b"0" * 16 + b"\x00\x09" + b"\x00" * 7 + b"\x01b")
+        self.assertRaises(ValueError, cw.room_id, "short")
+        self.assertEqual(cw.gone_body("b", 258), b"\x00" * 6 + b"\x01\x02b")
+        self.assertEqual(cw.parse_gone(cw.gone_body("ノード", 2**52)), ("ノード", 2**52))
         self.assertEqual(cw.left_body("bob", "timeout"), b"\x07timeoutbob")
         self.assertEqual(cw.sync_body([("a", True), ("bc", False)], True), b"\x01\x01\x01a\x00\x02bc")
         self.assertEqual(cw.resp_command(b"PUBLISH", b"ch", b"x"), b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$1\r\nx\r\n")
         self.assertEqual(cw.channel("nodé"), "ocm:node:nodé".encode())
 
     def test_unknown_kind_skipped(self) -> None:
-        data = cw.batch_header("a") + cw.record(0x7A, b"r", b"future") + cw.record(cw.CLOSED, b"r", b"host_left")
-        self.assertEqual(list(cw.parse_batch(data)[1]), [(cw.CLOSED, b"r", b"host_left")])
+        rid = b"0123456789abcdef"
+        data = cw.batch_header("a") + cw.record(0x7A, b"r", rid, b"future") + cw.record(cw.CLOSED, b"r", rid, b"host_left")
+        self.assertEqual(list(cw.parse_batch(data).records), [(cw.CLOSED, b"r", rid, b"host_left")])
 
     @given(names, records, st.data())
-    def test_cut_short_raises_unless_on_a_record_boundary(self, origin: str, recs: list[tuple[int, str, bytes]], data: st.DataObject) -> None:
+    def test_cut_short_raises_unless_on_a_record_boundary(self, origin: str, recs: list[tuple[int, str, bytes, bytes]], data: st.DataObject) -> None:
         """
         A batch cut short raises, except where the cut falls between two
         records (a batch has no count): then it parses to a strict prefix of
         the records, never to anything else.
         """
-        whole = cw.batch_header(origin) + b"".join(cw.record(k, r.encode(), b) for k, r, b in recs)
+        whole = cw.batch_header(origin) + b"".join(cw.record(k, r.encode(), i, b) for k, r, i, b in recs)
         cut = data.draw(st.integers(0, len(whole) - 1))
-        boundaries = {len(cw.batch_header(origin)) + sum(len(cw.record(k, r.encode(), b)) for k, r, b in recs[:i]) for i in range(len(recs))}
+        boundaries = {len(cw.batch_header(origin)) + sum(len(cw.record(k, r.encode(), i, b)) for k, r, i, b in recs[:n]) for n in range(len(recs))}
         try:
-            got_origin, parsed = cw.parse_batch(whole[:cut])
-            got = list(parsed)
+            batch = cw.parse_batch(whole[:cut])
+            got_origin, got = batch.origin, list(batch.records)
         except (cw.ClusterWireError, UnicodeDecodeError):
             self.assertNotIn(cut, boundaries)
             return
         self.assertIn(cut, boundaries)
         self.assertEqual(got_origin, origin)
-        self.assertEqual(got, [(k, r.encode(), b) for k, r, b in recs][: len(got)])
+        self.assertEqual(got, [(k, r.encode(), i, b) for k, r, i, b in recs][: len(got)])
         self.assertLess(len(got), len(recs))
 
     def test_sync_and_left_parse(self) -> None:
@@ -127,3 +133,28 @@ class ClusterOptions(unittest.TestCase):
         self.assertFalse(hasattr(top, "cluster"))
         self.assertIsInstance(top.tcrp.registry, LocalRegistry)  # type: ignore[attr-defined]
         self.assertIs(type(top.rooms.peers), Peers)  # type: ignore[attr-defined]
+
+
+class SentinelUrls(unittest.TestCase):
+    """C{redis+sentinel://} names the sentinels and the master."""
+
+    def test_parse(self) -> None:
+        a = RedisAddress.parse("redis+sentinel://:pw@h1:26380,h2/mymaster/3")
+        self.assertEqual((a.sentinels, a.master, a.db, a.password, a.host, a.port), ((("h1", 26380), ("h2", 26379)), "mymaster", 3, "pw", "h1", 26380))
+        self.assertEqual(RedisAddress.parse("redis+sentinel://10.0.0.5/chat").sentinels, (("10.0.0.5", 26379),))
+        for bad in ("redis+sentinel://h1", "redis+sentinel://h1:x/m", "redis+sentinel://h1/m/x", "redis+sentinel:///m"):
+            self.assertRaises(ValueError, RedisAddress.parse, bad)
+
+    def test_target(self) -> None:
+        from ocm.cluster.sentinel import SentinelTarget
+
+        target = RedisAddress.parse("redis+sentinel://h1/m").target(None)
+        self.assertIsInstance(target, SentinelTarget)
+        self.assertIsNone(target.current())
+        moved: list[int] = []
+        target.moved = lambda: moved.append(1)
+        target.found(("10.0.0.1", 6379))
+        self.assertEqual((target.current(), moved), (("10.0.0.1", 6379), []))
+        target.switched(b"other 10.0.0.1 6379 10.0.0.9 6379")
+        target.switched(b"m 10.0.0.1 6379 10.0.0.2 6380")
+        self.assertEqual((target.current(), moved, target.describe()), (("10.0.0.2", 6380), [1], "10.0.0.2:6380"))

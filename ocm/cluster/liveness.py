@@ -1,195 +1,304 @@
 """
-Liveness: heartbeats with a TTL in Redis; a node whose heartbeat lapsed is
-reaped by the first other node to notice (its members removed, its rooms
-closed); after Redis restarted, each node rebuilds its part of the registry.
+Liveness and fencing: a node registers with a generation that Redis gives
+it, writes a heartbeat with a TTL, reaps the nodes whose heartbeat lapsed
+(their members removed, their rooms closed), and, when Redis refuses its
+generation, acts on it: a node that was reaped (fenced) drops everything it
+had and registers anew; a node whose registry Redis lost registers again
+and rebuilds its part.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ocm.cluster import scripts
 from ocm.cluster import wire as cw
+from ocm.cluster.guard import StallGuard
 from ocm.cluster.links import RedisLinks
 from ocm.cluster.records import NODE_GONE, Inbound
 from ocm.cluster.registry import encode_password, pairs
-from ocm.cluster.state import Node
+from ocm.cluster.state import Node, RoomFields, flat
 from ocm.relay.protocol import Writer
-from ocm.rooms import Room, Rooms
+from ocm.rooms import Room, Rooms, Sends
 
 log = Logger()
 
 
 class Liveness:
     """
-    This node's heartbeat, the reaping of nodes whose heartbeat lapsed, and
-    the rebuilding of this node's part of the registry (after Redis
+    This node's registration and heartbeat, the reaping of nodes whose
+    heartbeat lapsed, what this node does when Redis refuses it (fenced,
+    lost), and the rebuilding of its part of the registry (after Redis
     restarted, or lost an update of ours).
     """
 
-    def __init__(self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks, inbound: Inbound) -> None:
+    def __init__(
+        self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks, inbound: Inbound, guard: StallGuard, fields: RoomFields
+    ) -> None:
         self.node = node
+        self.fields = fields
         self.rooms = rooms
         self.writer = writer
         self.links = links
         self.inbound = inbound
+        self.guard = guard
         self.clock = links.clock
+        #: A beat's scripts are running: the next beat waits.
         self.beating = False
         self._beat: task.LoopingCall | None = None
         self._missing_since: dict[str, float] = {}
+        #: Replicas to ask about again (their host had not rebuilt them), by room id.
+        self._retries: dict[str, IDelayedCall] = {}
 
     def start(self) -> None:
         """Beat every L{Node.beat_interval} seconds."""
+        self.guard.watch.tick(self.clock.seconds())
         self._beat = task.LoopingCall(self._guarded_beat)
         self._beat.clock = self.clock
         self._beat.start(self.node.beat_interval, now=False)
 
     def stop(self) -> None:
-        """Stop beating."""
+        """Stop beating, and asking again."""
         if self._beat is not None and self._beat.running:
             self._beat.stop()
+        retries, self._retries = self._retries, {}
+        for call in retries.values():
+            if call.active():
+                call.cancel()
 
     def command_connected(self) -> None:
-        """A script connection is up: reap what a previous run left, once."""
-        self.reap_leftovers()
-
-    def reap_leftovers(self) -> None:
-        """Once, at start: what a previous run of this node left in the registry goes."""
-        if self.node.clean or self.beating:
-            return
-        self.beating = True
-
-        def reaped(result: Any) -> None:
-            self.beating = False
-            if result is not None:
-                self._reaped(self.node.name, result)
-                self.node.clean = True
-                self.beat()  # in the node set, beating, before taking a request
-
-        self.links.fire(self.links.eval(scripts.REAP, self.node.name, "gone")).addCallback(reaped)
+        """A script connection is up: beat now (reap leftovers, register) rather than at the next tick."""
+        self.beat()
 
     def _guarded_beat(self) -> None:
         try:
+            now = self.clock.seconds()
+            self.guard.check(now)
+            stall = self.guard.watch.tick(now)
+            if stall is not None:
+                log.warn(
+                    "this process was stalled for {seconds:.1f} s (more than half the member timeout): what arrived meanwhile was dropped; "
+                    "checking this node's registration",
+                    seconds=stall,
+                )
             self.beat()
         except Exception:
             log.failure("cluster heartbeat failed")
 
     def beat(self) -> None:
-        """Write the heartbeat; reap nodes whose heartbeat lapsed; rebuild if needed."""
+        """One step: reap leftovers, or register, or write the heartbeat and reap the dead; then rebuild if wanted."""
         if not self.links.command_up or self.beating:
             return
-        if not self.node.clean:
-            self.reap_leftovers()
-            return
         self.beating = True
-        ttl_ms = int(self.node.heartbeat_ttl * 1000)
 
-        def beaten(result: Any) -> Any:
-            had, dead = int(result[0]), result[1]
-            self.node.alive = True
-            if not had:
-                self.node.rebuild_wanted = True
-            steps = [self._reap(node) for node in dead]
-            # a create or join in flight is in the registry and not yet here:
-            # a rebuild now would take it for stale; it waits for the next beat
-            if self.node.rebuild_wanted and self.links.subscribed and not self.node.in_flight:
-                steps.append(self._rebuild())
-            return defer.DeferredList(steps)
+        def failed(failure: Failure) -> None:
+            self.node.want_rebuild()
+            log.debug("cluster beat failed: {error}", error=failure.getErrorMessage())
 
-        def done(result: Any) -> None:
+        def done(_: Any) -> None:
             self.beating = False
 
-        self.links.fire(self.links.eval(scripts.HEARTBEAT, self.node.name, ttl_ms).addCallback(beaten)).addBoth(done)
+        defer.ensureDeferred(self._step()).addErrback(failed).addBoth(done)
 
-    def _reap(self, node: str) -> defer.Deferred[Any]:
-        log.warn("node {node} stopped beating: removing its members", node=node)
-        return self.links.fire(self.links.eval(scripts.REAP, node, "gone").addCallback(lambda result: self._reaped(node, result)))
+    async def _step(self) -> None:
+        node = self.node
+        if not node.clean:
+            await self._reap_self()
+            node.clean = True
+        if not node.registered:
+            await self._register()
+        else:
+            for dead in await self._heartbeat():
+                await self._reap(dead)
+        # a create or join in flight is in the registry and not yet here:
+        # a rebuild now would take it for stale; it waits for the next beat
+        if node.registered and node.rebuild_wanted and self.links.reachable and not node.in_flight:
+            await self._rebuild()
 
-    def _reaped(self, node: str, result: Any) -> None:
-        """Tell the nodes concerned, and this one, what a REAP removed."""
-        for name, room_id, what, nodes, users in result or ():
-            if what == "closed":
-                records = [cw.record(cw.CLOSED, name.encode("utf-8"), b"host_left")]
+    async def _reap_self(self) -> None:
+        """Once, at start: what a previous run of this node left in the registry goes."""
+        generation, count = await self.links.eval(scripts.REAP_SELF, self.node.name, 0)
+        if generation:
+            log.info("removed what a previous run of this node left: {count} members", count=count)
+
+    async def _register(self) -> None:
+        node = self.node
+        sent = self.clock.seconds()
+        ttl_ms = int(node.heartbeat_ttl * 1000)
+        epoch, generation, redis_ms = await self.links.eval(scripts.REGISTER, node.name, secrets.token_hex(8), node.generation, ttl_ms)
+        node.synchronise(int(redis_ms), sent, self.clock.seconds())
+        node.registered_as(str(epoch), int(generation))
+        log.info("cluster node {node} registered (generation {generation})", node=node.name, generation=node.generation)
+
+    async def _heartbeat(self) -> list[str]:
+        node = self.node
+        sent = self.clock.seconds()
+        dead, redis_ms = await self.links.run(scripts.HEARTBEAT, int(node.heartbeat_ttl * 1000))
+        node.synchronise(int(redis_ms), sent, self.clock.seconds())
+        node.confirmed = True
+        return list(dead)
+
+    async def _reap(self, other: str) -> None:
+        generation, count = await self.links.run(scripts.REAP, other)
+        if generation:
+            log.warn("node {node} stopped beating: reaped it ({count} members removed)", node=other, count=count)
+            self.inbound.gone(other, int(generation))
+
+    def refused(self, verdict: str, generation: int) -> None:
+        """
+        Redis refused a script run under C{generation} (L{RedisLinks.run}):
+        C{fenced}, this node was reaped (everything it had goes, it
+        registers anew); C{lost}, Redis lost the registry (it registers
+        again and puts its part back).  Once per generation.
+        """
+        if not self.node.refused(generation):
+            return
+        if verdict == "fenced":
+            self._fenced()
+        else:
+            log.warn("Redis lost the room registry (restarted empty?): registering again, then putting this node's part back")
+            self.node.want_rebuild()
+        self.clock.callLater(0, self.beat)
+
+    def _fenced(self) -> None:
+        """
+        This node was declared dead and reaped while it could not beat
+        (stopped, stalled, cut off): others may hold its members' names
+        now.  Every member it has is out: C{closed}/C{host_left} in the rooms
+        it hosted, C{disconnected}/C{unreachable} in the others; nothing of
+        it is put back.
+        """
+        node = self.node
+        node.fenced += 1
+        held = list(self.rooms.rooms.values())
+        log.error(
+            "this node was declared dead by the cluster (its heartbeat lapsed for {ttl} s and another node reaped it): "
+            "its {members} members in {count} rooms are out; registering anew",
+            ttl=node.heartbeat_ttl,
+            members=sum(len(room.members) for room in held),
+            count=len(held),
+        )
+        if self.links.outbox is not None:
+            self.links.outbox.discard()
+        sends: Sends = []
+        for room in held:
+            if room.replica:
+                sends.extend(self.rooms.evict(room, NODE_GONE))
             else:
-                records = [cw.record(cw.LEFT, name.encode("utf-8"), cw.left_body(user, NODE_GONE)) for user in users]
+                sends.extend(self.rooms.remote_closed(room, "host_left"))
+        self._missing_since.clear()
+        node.rebuild_wanted = False
+        self.writer.send_all(sends)
+
+    def _pruned(self, result: Any) -> None:
+        """Tell the nodes concerned what a PRUNE removed."""
+        for name, room_id, what, nodes, users in result or ():
+            rid = room_id.encode()
+            if what == "closed":
+                records = [cw.record(cw.CLOSED, name.encode("utf-8"), rid, b"host_left")]
+            else:
+                records = [cw.record(cw.LEFT, name.encode("utf-8"), rid, cw.left_body(user, NODE_GONE)) for user in users]
             for other in nodes:
-                if other not in (self.node.name, node):
+                if other != self.node.name:
                     for record in records:
                         self.links.tell(other, record)
-            room = self.rooms.rooms.get(name)
-            if room is None or room.id != room_id or node == self.node.name:
-                continue
-            if what == "closed":
-                self.writer.send_all(self.rooms.remote_closed(room, "host_left"))
-            else:
-                for user in users:
-                    self.writer.send_all(self.rooms.remote_left(room, user, NODE_GONE))
 
-    def _rebuild(self) -> defer.Deferred[Any]:
+    async def _rebuild(self) -> None:
         """
         Put this node's part of the registry back as its rooms hold it (after
         Redis restarted, or lost an update of ours), and tell the sharing
         nodes again who is here.
         """
-        self.node.rebuild_wanted = False
-        self.node.rebuilding = True
+        node = self.node
+        node.rebuild_wanted = False
+        node.rebuilding = True
         held = list(self.rooms.rooms.values())
         log.info("rebuilding this node's part of the registry: {count} rooms", count=len(held))
-
-        def rebuild_rooms(result: Any) -> Any:
-            self._reaped(self.node.name, result)
-            return defer.DeferredList([self._rebuild_room(room) for room in held if room.open])
-
-        def done(result: Any) -> Any:
-            self.node.rebuilding = False
-            return result
-
-        return self.links.eval(scripts.REAP, self.node.name, "keep", *[room.name for room in held]).addCallback(rebuild_rooms).addBoth(done)
+        self.fields.keep({room.id for room in held})
+        try:
+            self._pruned(await self.links.run(scripts.PRUNE, *[room.name for room in held]))
+            await defer.DeferredList([self._rebuild_room(room) for room in held if room.open])
+        finally:
+            node.rebuilding = False
 
     def _missing(self, room: Room) -> None:
         """
-        The registry has no such room (or another of that name).  A replica's
-        host node may not have rebuilt yet after a Redis restart: give it one
-        heartbeat TTL, then close the room here.
+        The registry has no such room.  A replica's host node may not have
+        rebuilt yet after a Redis restart: give it one heartbeat TTL, then
+        close the room here.
         """
         now = self.clock.seconds()
         since = self._missing_since.setdefault(room.id, now)
         if room.replica and now - since < self.node.heartbeat_ttl:
-            self.node.rebuild_wanted = True  # again at the next beat
+            if room.id not in self._retries:
+                self._retries[room.id] = self.clock.callLater(self.node.beat_interval, self._retry_room, room)
             return
         self._missing_since.pop(room.id, None)
         self.writer.send_all(self.rooms.remote_closed(room, "host_left"))
 
+    def _retry_room(self, room: Room) -> None:
+        """Ask again for a replica whose host had not rebuilt it (not a whole rebuild: only that room)."""
+        self._retries.pop(room.id, None)
+        if room.open and self.node.registered and self.links.reachable:
+            self.links.fire(self._rebuild_room(room))
+        elif room.open:
+            self.node.want_rebuild()
+
+    def room_fields(self, room: Room) -> dict[str, str]:
+        """The whole registry hash of C{room} as this node knows it (the fields it was created or found with, and any set since)."""
+        known = self.fields.of(room.id)
+        if known is not None:
+            return known
+        return {
+            "id": room.id,
+            "host": room.host_name,
+            "node": self.node.name if not room.replica else "",
+            "capacity": "" if room.capacity is None else str(room.capacity),
+            "password": encode_password(room.password),
+            "history": str(room.history_size),
+        }
+
     def _rebuild_room(self, room: Room) -> defer.Deferred[Any]:
-        args: list[Any] = [
-            room.name,
-            room.id,
-            room.host_name,
-            self.node.name if not room.replica else "",
-            "" if room.capacity is None else room.capacity,
-            encode_password(room.password),
-            self.node.name,
-            "0" if room.replica else "1",
-        ]
+        fields = self.room_fields(room)
+        history = [] if room.replica else list(room.history)  # the host's node puts back what Redis lost
+        args: list[Any] = [room.name, room.id, "0" if room.replica else "1", len(fields), *flat(fields), len(history), *history]
         for member in room.members.values():
             args += [member.name, "1" if member.route is not None else "0"]
 
         def rebuilt(result: Any) -> None:
             if not room.open:
                 return
+            if result == -1:  # another room of that name now: this one is closed for good
+                self._missing_since.pop(room.id, None)
+                self.writer.send_all(self.rooms.remote_closed(room, "host_left"))
+                return
             if not result:
                 self._missing(room)
                 return
             self._missing_since.pop(room.id, None)
-            self.writer.send_all(self.inbound.sync_remote(room, pairs(result[0]), pairs(result[1])))
+            members, bound, refused = pairs(result[0]), pairs(result[1]), list(result[2])
+            sends: Sends = []
+            for user in refused:
+                # another node holds the name now, or the room is full: it is out
+                member = room.members.get(user)
+                if member is not None:
+                    log.warn("rebuilding room {room}: {user} is out (its name is taken, or the room is full)", room=room.name, user=user)
+                    sends.extend(self.rooms.remove(member, NODE_GONE))
+            self.writer.send_all(sends)
+            if not room.open:
+                return
+            self.writer.send_all(self.inbound.sync_remote(room, members, bound))
             # every node with members there learns who is here, and answers in kind
             record = self.inbound.sync_record(room, True)
-            nodes = {node for _, node in pairs(result[0])} | set(room.peer_nodes)
+            nodes = {node for _, node in members} | set(room.peer_nodes)
             nodes.discard(self.node.name)
             for node in nodes:
                 self.links.tell(node, record)
 
-        return self.links.eval(scripts.REBUILD, *args).addCallback(rebuilt)
+        return self.links.run(scripts.REBUILD, *args).addCallback(rebuilt)

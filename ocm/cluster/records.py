@@ -6,12 +6,15 @@ do here (L{Inbound}).
 
 from __future__ import annotations
 
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
 from ocm.cluster import scripts
 from ocm.cluster import wire as cw
 from ocm.cluster.links import RedisLinks
-from ocm.cluster.state import Node
+from ocm.cluster.state import Incarnations, Node
 from ocm.relay.protocol import Writer
-from ocm.rooms import Member, Peers, Room, Rooms, Sends
+from ocm.rooms import MAX_HISTORY_BYTES, Member, Peers, Room, Rooms, Sends
 from twisted.logger import Logger
 
 log = Logger()
@@ -28,11 +31,23 @@ class Outbound(Peers):
     def __init__(self, node: Node, links: RedisLinks) -> None:
         self.node = node
         self.links = links
+        #: The last history notice of each room written to Redis (by room id).
+        self._remembered: dict[str, bytes] = {}
 
     def chat(self, room: Room, out: bytes) -> None:
-        """A local member's chat: one record in each sharing node's batch."""
+        """
+        A local member's chat: one record in each sharing node's batch;
+        and, in a room that keeps history, the notice the relay just kept
+        (L{Room.remember}) goes to the room's history list in Redis, in the
+        same write.
+        """
         if room.peer_nodes:
-            self.tell(room, cw.record(cw.CHAT, room.name_bytes, out))
+            self.tell(room, cw.record(cw.CHAT, room.name_bytes, room.id.encode(), out))
+        if room.history_size and room.history:
+            notice = room.history[-1]
+            if self._remembered.get(room.id) is not notice:  # not kept (too long): nothing new
+                self._remembered[room.id] = notice
+                self.links.remember(room.name, room.history_size, notice)
 
     def tell(self, room: Room, record: bytes) -> None:
         """Queue C{record} for every other node with members in C{room}."""
@@ -43,14 +58,14 @@ class Outbound(Peers):
     def bound(self, member: Member) -> None:
         """See L{Peers.bound}."""
         room = member.room
-        self.tell(room, cw.record(cw.BOUND, room.name_bytes, member.name_bytes))
-        self.links.script(scripts.BIND, room.name, room.id, member.name, self.node.name)
+        self.tell(room, cw.record(cw.BOUND, room.name_bytes, room.id.encode(), member.name_bytes))
+        self.links.script(scripts.BIND, room.name, room.id, member.name)
 
     def left(self, member: Member, reason: str) -> None:
         """See L{Peers.left}."""
         room = member.room
-        self.tell(room, cw.record(cw.LEFT, room.name_bytes, cw.left_body(member.name, reason)))
-        self.links.script(scripts.LEAVE, room.name, room.id, member.name, self.node.name)
+        self.tell(room, cw.record(cw.LEFT, room.name_bytes, room.id.encode(), cw.left_body(member.name, reason)))
+        self.links.script(scripts.LEAVE, room.name, room.id, member.name)
 
     def closed(self, room: Room, reason: str, members: list[Member]) -> None:
         """
@@ -60,13 +75,14 @@ class Outbound(Peers):
         leave the others' rooms.
         """
         node = self.node.name
+        self._remembered.pop(room.id, None)
         if room.replica:
             for member in members:
-                self.tell(room, cw.record(cw.LEFT, room.name_bytes, cw.left_body(member.name, NODE_GONE)))
-                self.links.script(scripts.LEAVE, room.name, room.id, member.name, node)
-            self.links.script(scripts.UNWHERE, room.name, node)
+                self.tell(room, cw.record(cw.LEFT, room.name_bytes, room.id.encode(), cw.left_body(member.name, NODE_GONE)))
+                self.links.script(scripts.LEAVE, room.name, room.id, member.name)
+            self.links.script(scripts.UNWHERE, room.name)
             return
-        record = cw.record(cw.CLOSED, room.name_bytes, reason.encode("ascii"))
+        record = cw.record(cw.CLOSED, room.name_bytes, room.id.encode(), reason.encode("ascii"))
         told = set(room.peer_nodes)
         self.tell(room, record)
 
@@ -75,35 +91,151 @@ class Outbound(Peers):
                 if other not in told and other != node:
                     self.links.tell(other, record)
 
-        self.links.script(scripts.CLOSE, room.name, room.id, node).addCallback(tell_the_rest)
-        self.links.script(scripts.UNWHERE, room.name, node)
+        self.links.script(scripts.CLOSE, room.name, room.id).addCallback(tell_the_rest)
+        self.links.script(scripts.UNWHERE, room.name)
 
     def emptied(self, room: Room) -> None:
         """See L{Peers.emptied}."""
-        self.links.script(scripts.UNWHERE, room.name, self.node.name)
+        self._remembered.pop(room.id, None)
+        self.links.script(scripts.UNWHERE, room.name)
+
+
+def fill_history(room: Room, notices: list[bytes]) -> None:
+    """
+    C{room}'s history is C{notices} (its list in Redis, oldest first): the
+    newest of them within the room's count and L{MAX_HISTORY_BYTES}, as
+    L{Room.remember} keeps them.
+    """
+    kept: list[bytes] = []
+    size = 0
+    for notice in reversed(notices[-room.history_size :] if room.history_size else []):
+        if size + len(notice) > MAX_HISTORY_BYTES:
+            break
+        kept.append(notice)
+        size += len(notice)
+    room.history.clear()
+    room.history.extend(reversed(kept))
+    room.history_bytes = size
+
+
+#: The longest a join waits for the other nodes of its room to acknowledge
+#: its MEMBER record (a node that does not answer is dying: the join goes on).
+JOIN_ACK_TIMEOUT = 1.0
+
+
+class JoinWaits:
+    """
+    Joins waiting for every other node of their room to acknowledge the
+    MEMBER record (ACK), so that the joiner's token, and so its welcome,
+    comes after every node knows the join: C{(room id, username)} -> the
+    nodes not heard from, and the Deferred to fire.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.waiting: dict[tuple[str, str], tuple[set[str], defer.Deferred[None], IDelayedCall]] = {}
+
+    def wait(self, room_id: str, user: str, nodes: set[str], timeout: float = JOIN_ACK_TIMEOUT) -> defer.Deferred[None]:
+        """Fire once each of C{nodes} acknowledged, or after C{timeout} seconds."""
+        if not nodes:
+            return defer.succeed(None)
+        key = (room_id, user)
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def late() -> None:
+            if key in self.waiting and self.waiting[key][1] is d:
+                del self.waiting[key]
+                log.info("join of {user}: {nodes} did not acknowledge within {timeout} s", user=user, nodes=sorted(nodes), timeout=timeout)
+                d.callback(None)
+
+        self.waiting[key] = (set(nodes), d, self.clock.callLater(timeout, late))
+        return d
+
+    def acked(self, room_id: str, user: str, node: str) -> None:
+        """C{node} acknowledged the join of C{user} to room C{room_id}."""
+        entry = self.waiting.get((room_id, user))
+        if entry is None:
+            return
+        nodes, d, call = entry
+        nodes.discard(node)
+        if not nodes:
+            del self.waiting[(room_id, user)]
+            call.cancel()
+            d.callback(None)
 
 
 class Inbound:
-    """What the other nodes' records do to this node's rooms, and the whole-membership records (SYNC)."""
+    """
+    What the other nodes' records do to this node's rooms, and the
+    whole-membership records (SYNC).
 
-    def __init__(self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks) -> None:
+    A record applies to the room held under its room's name only if the ids
+    match (a closed room and a new one of the same name never mix).  A
+    batch from a generation of its origin that is known dead (L{gone}) is
+    dropped whole; chat older than C{max_age} seconds (half the member
+    timeout, on Redis's clock) is dropped, the other records of its batch
+    applied.
+    """
+
+    def __init__(self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks, incarnations: Incarnations, joins: JoinWaits) -> None:
         self.node = node
         self.rooms = rooms
         self.writer = writer
         self.links = links
+        self.incarnations = incarnations
+        self.joins = joins
+        self.clock = links.clock
+        #: Chat older than this many milliseconds is not delivered.
+        self.max_age_ms = int(node.heartbeat_ttl * 1000 / 2)
+        #: Batches dropped whole (a dead generation), chat records dropped (too old).
+        self.fenced_batches = 0
+        self.stale_chat = 0
 
     def received(self, data: bytes) -> None:
         """Apply one batch from another node; a bad one is logged and dropped."""
         try:
-            origin, records = cw.parse_batch(data)
+            origin, generation, sent_at, records = cw.parse_batch(data)
             if origin == self.node.name:
                 return
-            for kind, room_name, body in records:
-                room = self.rooms.rooms.get(room_name.decode("utf-8"))
-                if room is not None:
-                    self._apply(origin, kind, room, body)
+            admitted = self.incarnations.admits(origin, generation)
+            if not admitted:
+                self.fenced_batches += 1
+            fresh = self.node.redis_ms(self.clock.seconds()) - sent_at <= self.max_age_ms
+            rooms = self.rooms.rooms
+            for kind, room_name, rid, body in records:
+                if kind == cw.GONE:
+                    self.gone(*cw.parse_gone(body))
+                elif not admitted:
+                    continue
+                elif kind == cw.CHAT and not fresh:
+                    self.stale_chat += 1
+                else:
+                    room = rooms.get(room_name.decode("utf-8"))
+                    if room is not None and room.id == rid.decode("ascii"):
+                        self._apply(origin, kind, room, body)
+                    if kind == cw.MEMBER:  # applied, or nothing to apply: either way the join is known here
+                        self.links.tell(origin, cw.record(cw.ACK, room_name, rid, body))
+                    elif kind == cw.ACK:
+                        self.joins.acked(rid.decode("ascii"), body.decode("utf-8"), origin)
         except Exception:
             log.failure("a batch from another node failed")
+
+    def gone(self, node: str, generation: int) -> None:
+        """
+        C{generation} of C{node} is dead (reaped, or stopped): its members
+        here leave as unreachable, the rooms it hosted close (host_left),
+        and its later batches of that generation are dropped.
+        """
+        if node == self.node.name or not self.incarnations.died(node, generation):
+            return
+        sends: Sends = []
+        for room in list(self.rooms.rooms.values()):
+            if room.replica and room.remote.get(room.host_name) == node:
+                sends.extend(self.rooms.remote_closed(room, "host_left"))
+                continue
+            for user in [u for u, n in room.remote.items() if n == node]:
+                sends.extend(self.rooms.remote_left(room, user, NODE_GONE))
+        self.writer.send_all(sends)
 
     def _apply(self, origin: str, kind: int, room: Room, body: bytes) -> None:
         writer = self.writer
@@ -113,12 +245,13 @@ class Inbound:
             if self.rooms.remote_member(room, body.decode("utf-8"), origin):
                 # a node new to the room: it may not know who is bound here
                 for member in room.bound:
-                    self.links.tell(origin, cw.record(cw.BOUND, room.name_bytes, member.name_bytes))
+                    self.links.tell(origin, cw.record(cw.BOUND, room.name_bytes, room.id.encode(), member.name_bytes))
         elif kind == cw.BOUND:
             writer.send_all(self.rooms.remote_bound(room, body.decode("utf-8"), origin))
         elif kind == cw.LEFT:
             user, reason = cw.parse_left(body)
-            writer.send_all(self.rooms.remote_left(room, user, reason))
+            if room.remote.get(user) == origin:  # not a namesake that another node holds now
+                writer.send_all(self.rooms.remote_left(room, user, reason))
         elif kind == cw.CLOSED:
             writer.send_all(self.rooms.remote_closed(room, body.decode("ascii")))
         elif kind == cw.SYNC:
@@ -144,7 +277,7 @@ class Inbound:
     def sync_record(self, room: Room, reply: bool) -> bytes:
         """The SYNC record of this node's whole membership of C{room}."""
         members = [(m.name, m.route is not None) for m in room.members.values()]
-        return cw.record(cw.SYNC, room.name_bytes, cw.sync_body(members, reply))
+        return cw.record(cw.SYNC, room.name_bytes, room.id.encode(), cw.sync_body(members, reply))
 
     def _synced(self, origin: str, room: Room, body: bytes) -> None:
         """C{origin}'s whole membership of C{room}: make ours match it."""

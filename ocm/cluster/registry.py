@@ -7,7 +7,7 @@ Redis (L{ClusterRegistry}), and the registry's own records
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -15,13 +15,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ocm.cluster import scripts
-from ocm.cluster import wire as cw
 from ocm.cluster.links import RedisLinks
-from ocm.cluster.records import Inbound, Outbound
-from ocm.cluster.state import Node
+from ocm.cluster.records import NODE_GONE, Inbound, Outbound, fill_history
+from ocm.cluster.state import Node, RoomFields, flat
 from ocm.passwords import PasswordHash
 from ocm.relay.protocol import Writer
-from ocm.rooms import Member, RoomError, Rooms
+from ocm.rooms import Member, Room, RoomError, Rooms
 
 log = Logger()
 
@@ -59,6 +58,8 @@ class SharedRoom:
     password: PasswordHash | None
     capacity: int | None
     history: int = 0
+    #: The room's whole registry hash (L{RoomFields}).
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 class ClusterRegistry:
@@ -67,8 +68,12 @@ class ClusterRegistry:
     are decided by scripts in Redis, then made here.
     """
 
-    def __init__(self, node: Node, rooms: Rooms, links: RedisLinks, outbound: Outbound, inbound: Inbound, writer: Writer) -> None:
+    def __init__(
+        self, node: Node, rooms: Rooms, links: RedisLinks, outbound: Outbound, inbound: Inbound, writer: Writer, fields: RoomFields
+    ) -> None:
         self.node = node
+        #: Every field of the rooms held here, for rebuilds.
+        self.fields = fields
         self.rooms = rooms
         self.links = links
         self.outbound = outbound
@@ -77,7 +82,7 @@ class ClusterRegistry:
         self.clock = links.clock
 
     def check_up(self) -> None:
-        """Raise a 503 L{RoomError} while the registry cannot be asked (Redis down, a rebuild running)."""
+        """Raise a 503 L{RoomError} while the registry cannot be asked (Redis down, not registered, a rebuild running)."""
         if self.node.rebuilding:
             raise RoomError(503, "the room registry is being rebuilt; try again in a moment")
         if not self.links.ready:
@@ -96,20 +101,29 @@ class ClusterRegistry:
         self.check_up()
         self.rooms.check_create(name)
         room_id = secrets.token_hex(8)
-        args = (name, room_id, username, self.node.name, "" if capacity is None else capacity, encode_password(password), history)
+        fields = {
+            "id": room_id,
+            "host": username,
+            "node": self.node.name,
+            "capacity": "" if capacity is None else str(capacity),
+            "password": encode_password(password),
+            "history": str(history),
+        }
 
         def created(result: Any) -> Member:
             if int(result) != 1:
                 raise RoomError(409, f"room {name!r} already exists")
             try:
-                return self.rooms.create(
+                host = self.rooms.create(
                     name, username, ip, self.clock.seconds(), password=password, capacity=capacity, room_id=room_id, history=history
                 )
             except RoomError:
-                self.links.script(scripts.CLOSE, name, room_id, self.node.name)
+                self.links.script(scripts.CLOSE, name, room_id)
                 raise
+            self.fields.remember(room_id, fields)
+            return host
 
-        return self._counted(self.links.eval(scripts.CREATE, *args)).addCallbacks(created, self._registry_failed)
+        return self._counted(self.links.run(scripts.CREATE, name, room_id, username, *flat(fields))).addCallbacks(created, self._registry_failed)
 
     def _counted(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """A create or join in flight (see L{_rebuild})."""
@@ -142,10 +156,11 @@ class ClusterRegistry:
                 decode_password(fields.get("password", "")),
                 int(capacity) if capacity else None,
                 int(fields.get("history") or 0),
+                {str(k): str(v) for k, v in fields.items()},
             )
 
-        d: defer.Deferred[Any] = self.links.command.hgetall(scripts.room_key(name, "room"))
-        return d.addCallbacks(found, self._registry_failed)  # type: ignore[no-any-return]
+        d = self.links.call("HGETALL", scripts.room_key(name, "room"))
+        return d.addCallback(lambda flat: dict(pairs(flat or []))).addCallbacks(found, self._registry_failed)
 
     def join(self, info: SharedRoom, username: str, ip: str, now: float) -> defer.Deferred[Member]:
         """See L{ocm.tcrp.registry.Registry.join}: decided by the JOIN script."""
@@ -153,7 +168,7 @@ class ClusterRegistry:
         if len(self.rooms.tokens) >= self.rooms.max_members:
             raise RoomError(503, "the server is at its member limit")
 
-        def joined(result: Any) -> Member:
+        def joined(result: Any) -> Any:
             status = int(result[0])
             if status == 404:
                 raise RoomError(404, f"no room named {info.name!r}")
@@ -162,17 +177,40 @@ class ClusterRegistry:
             if status == 503:
                 raise RoomError(503, f"room {info.name!r} is full")
             room = self.rooms.adopt(info.name, info.id, info.host, info.password, info.capacity, info.history)
-            self.writer.send_all(self.inbound.sync_remote(room, pairs(result[1]), pairs(result[2])))
+            if info.fields:
+                self.fields.remember(room.id, info.fields)
+            members = pairs(result[1])
+            if room.history_size:  # the room's history, as Redis keeps it for every node
+                fill_history(room, [notice.encode("utf-8", "surrogateescape") for notice in result[3]])
+            if username in room.remote:
+                # a namesake on another node that the registry no longer has
+                # (a rebuild gave its name away): it is gone, told as such
+                self.writer.send_all(self.rooms.remote_left(room, username, NODE_GONE))
+            self.writer.send_all(self.inbound.sync_remote(room, members, pairs(result[2])))
             try:
                 member = self.rooms.add_member(room, username, ip, self.clock.seconds())
             except RoomError:
-                self.links.script(scripts.LEAVE, info.name, info.id, username, self.node.name)
+                self.links.script(scripts.LEAVE, info.name, info.id, username)
                 self.rooms.drop_if_empty(room)
                 raise
-            self.outbound.tell(room, cw.record(cw.MEMBER, room.name_bytes, member.name_bytes))
-            return member
+            # The JOIN script published the MEMBER record itself; the token
+            # (and so the welcome) waits until every other node of the room
+            # has applied it, so that nothing they relay after the welcome
+            # misses the joiner.
+            others = {node for _, node in members if node != self.node.name}
+            return self.inbound.joins.wait(room.id, username, others).addCallback(lambda _: member)
 
-        return self._counted(self.links.eval(scripts.JOIN, info.name, info.id, username, self.node.name)).addCallbacks(joined, self._registry_failed)
+        return self._counted(self.links.run(scripts.JOIN, info.name, info.id, username)).addCallbacks(joined, self._registry_failed)
+
+    def set_fields(self, room: Room, fields: dict[str, str]) -> defer.Deferred[Any]:
+        """
+        Keep C{fields} in C{room}'s registry hash (and in this node's copy,
+        which a rebuild writes back whole): the extension point of rules
+        that keep state in the room (a ban list, a lock, a topic, mutes, a
+        new host).  Fires with 1 if set, 0 if the room is another one now.
+        """
+        self.fields.update(room.id, fields)
+        return self.links.script(scripts.SET_FIELDS, room.name, room.id, *flat(fields))
 
     def listing(self) -> defer.Deferred[list[dict[str, Any]]]:
         """See L{ocm.tcrp.registry.Registry.listing}: every room of the cluster."""

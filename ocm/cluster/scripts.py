@@ -5,13 +5,20 @@ Each runs atomically in Redis, so that two nodes racing (two creates of one
 name, a join against a close, two reapers of one dead node) are decided
 there and never by a read-then-write from a node.  The keys (docs/cluster.rst):
 
-    ocm:rooms               hash  room name -> room id (the room index)
-    ocm:nodes               set   node names
+    ocm:epoch               string  the registry's life (random, set by the first REGISTER)
+    ocm:gens                hash  node -> last generation given to it (never decreases)
+    ocm:live                hash  node -> its current generation (registered, not reaped)
     ocm:alive:<node>        string, expires: the node's heartbeat
     ocm:where:<node>        set   rooms where the node has members
+    ocm:rooms               hash  room name -> room id (the room index)
     ocm:{<hex name>}:room   hash  id, host, node (the host's), capacity, password, history
     ocm:{<hex name>}:members hash username -> node (bound or not)
     ocm:{<hex name>}:bound  hash  username -> node (bound only)
+
+Fencing: every script a registered node runs starts with the node's name,
+the epoch and the generation it registered under (L{CHECKED}); a script
+whose caller is no longer current fails with C{OCMFENCED} (the node was
+reaped) or C{OCMLOST} (Redis lost the registry), and changes nothing.
 
 The scripts compute the room keys from the name (hex of its UTF-8, under one
 hash tag per room), which a standalone Redis allows.
@@ -19,9 +26,80 @@ hash tag per room), which a standalone Redis allows.
 
 from __future__ import annotations
 
+#: The error replies of a refused caller (L{ocm.cluster.links.RedisLinks.run}).
+FENCED = "OCMFENCED"
+LOST = "OCMLOST"
+
 _KEYS = """
 local function hex(s) return (s:gsub('.', function(c) return string.format('%02x', string.byte(c)) end)) end
 local function key(name, what) return 'ocm:{' .. hex(name) .. '}:' .. what end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- a batch of records from node (generation gen) stamped with Redis's clock (docs/cluster.rst)
+local function batch(node, gen, records)
+  return string.char(#node) .. node .. struct.pack('>I8I8', tonumber(gen), now_ms()) .. records
+end
+local function record(kind, room, id, body)
+  return string.char(kind, #room) .. room .. id .. struct.pack('>I2', #body) .. body
+end
+"""
+
+#: The check every script of a registered node starts with: ARGV[1..3] are
+#: the caller's name, epoch and generation.
+CHECKED = _KEYS + """
+if redis.call('GET', 'ocm:epoch') ~= ARGV[2] then
+  error({err = 'OCMLOST the registry is not the one this node registered in (Redis lost it): register again'})
+end
+if redis.call('HGET', 'ocm:live', ARGV[1]) ~= ARGV[3] then
+  error({err = 'OCMFENCED this generation of the node was reaped: register anew'})
+end
+local me = ARGV[1]
+"""
+
+# Removing a node from the registry (a dead one, or this node's own
+# leftovers): its members leave every room, the rooms it hosted close, and
+# every node with members there gets a GONE record, published here, so that
+# it reaches each of them before anything the reaped node's next
+# generation publishes.
+_REAP = """
+local GONE = 0x47
+local function reap(target, by, by_gen)
+  local tgen = redis.call('HGET', 'ocm:live', target)
+  redis.call('HDEL', 'ocm:live', target)
+  local where = 'ocm:where:' .. target
+  local tell, count = {}, 0
+  for _, name in ipairs(redis.call('SMEMBERS', where)) do
+    local room, members, bound = key(name, 'room'), key(name, 'members'), key(name, 'bound')
+    local info = redis.call('HMGET', room, 'id', 'node')
+    if info[1] then
+      local gone = {}
+      local all = redis.call('HGETALL', members)
+      for i = 1, #all, 2 do
+        local n = all[i + 1]
+        if n == target then gone[#gone + 1] = all[i]
+        elseif n ~= by then tell[n] = true end
+      end
+      if info[2] == target then
+        redis.call('DEL', room, members, bound, key(name, 'history'))
+        redis.call('HDEL', 'ocm:rooms', name)
+      else
+        for _, user in ipairs(gone) do
+          redis.call('HDEL', members, user)
+          redis.call('HDEL', bound, user)
+        end
+      end
+      count = count + #gone
+    end
+  end
+  redis.call('DEL', where, 'ocm:alive:' .. target)
+  if tgen then
+    local message = batch(by, by_gen, record(GONE, '', '0000000000000000', struct.pack('>I8', tonumber(tgen)) .. target))
+    for n, _ in pairs(tell) do redis.call('PUBLISH', 'ocm:node:' .. n, message) end
+  end
+  return {tgen or '', count}
+end
 """
 
 
@@ -30,87 +108,64 @@ def room_key(name: str, what: str) -> str:
     return "ocm:{" + name.encode("utf-8").hex() + "}:" + what
 
 
-#: ARGV: name, id, host, node, capacity, password, history -> 1 created, 0 name taken.
-CREATE = _KEYS + """
-local room = key(ARGV[1], 'room')
-if redis.call('EXISTS', room) == 1 then return 0 end
-redis.call('HSET', room, 'id', ARGV[2], 'host', ARGV[3], 'node', ARGV[4], 'capacity', ARGV[5], 'password', ARGV[6], 'history', ARGV[7])
-redis.call('HSET', key(ARGV[1], 'members'), ARGV[3], ARGV[4])
-redis.call('HSET', 'ocm:rooms', ARGV[1], ARGV[2])
-redis.call('SADD', 'ocm:where:' .. ARGV[4], ARGV[1])
-return 1
-"""
-
-#: ARGV: name, id, user, node -> {404} | {409} | {503} | {200, members, bound}
-#: (members and bound as flat username, node lists).
-JOIN = _KEYS + """
-local info = redis.call('HMGET', key(ARGV[1], 'room'), 'id', 'capacity')
-if info[1] ~= ARGV[2] then return {404} end
-local members = key(ARGV[1], 'members')
-if redis.call('HEXISTS', members, ARGV[3]) == 1 then return {409} end
-if info[2] ~= '' and redis.call('HLEN', members) >= tonumber(info[2]) then return {503} end
-redis.call('HSET', members, ARGV[3], ARGV[4])
-redis.call('SADD', 'ocm:where:' .. ARGV[4], ARGV[1])
-return {200, redis.call('HGETALL', members), redis.call('HGETALL', key(ARGV[1], 'bound'))}
-"""
-
-#: ARGV: name, id, user, node -> 1 if recorded as bound.
-BIND = _KEYS + """
-if redis.call('HGET', key(ARGV[1], 'room'), 'id') ~= ARGV[2] then return 0 end
-if redis.call('HGET', key(ARGV[1], 'members'), ARGV[3]) ~= ARGV[4] then return 0 end
-redis.call('HSET', key(ARGV[1], 'bound'), ARGV[3], ARGV[4])
-return 1
-"""
-
-#: ARGV: name, id, user, node -> 1 if removed.
-LEAVE = _KEYS + """
-if redis.call('HGET', key(ARGV[1], 'room'), 'id') ~= ARGV[2] then return 0 end
-if redis.call('HGET', key(ARGV[1], 'members'), ARGV[3]) ~= ARGV[4] then return 0 end
-redis.call('HDEL', key(ARGV[1], 'members'), ARGV[3])
-redis.call('HDEL', key(ARGV[1], 'bound'), ARGV[3])
-return 1
-"""
-
-#: ARGV: name, id, node -> the nodes that had members in it (to tell them).
-CLOSE = _KEYS + """
-local room = key(ARGV[1], 'room')
-if redis.call('HGET', room, 'id') ~= ARGV[2] then return {} end
-local seen, nodes = {}, {}
-for _, n in ipairs(redis.call('HVALS', key(ARGV[1], 'members'))) do
-  if not seen[n] then seen[n] = true; nodes[#nodes + 1] = n end
+#: ARGV: node, a new epoch (used if Redis has none), the node's last
+#: generation, ttl in ms -> {epoch, generation, Redis time in ms}.  The
+#: generation is Redis's clock in microseconds, above any earlier one of
+#: the node: it only grows, even across a Redis restart.  Registering under
+#: a name fences any other process registered under it.
+REGISTER = _KEYS + """
+local node = ARGV[1]
+local epoch = redis.call('GET', 'ocm:epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', 'ocm:epoch', epoch)
 end
-redis.call('DEL', room, key(ARGV[1], 'members'), key(ARGV[1], 'bound'))
-redis.call('HDEL', 'ocm:rooms', ARGV[1])
-return nodes
+local t = redis.call('TIME')
+local gen = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(redis.call('HGET', 'ocm:gens', node) or '0')
+if gen <= last then gen = last + 1 end
+if gen <= tonumber(ARGV[3]) then gen = tonumber(ARGV[3]) + 1 end
+local g = string.format('%.0f', gen)
+redis.call('HSET', 'ocm:gens', node, g)
+redis.call('HSET', 'ocm:live', node, g)
+redis.call('SET', 'ocm:alive:' .. node, g, 'PX', ARGV[4])
+return {epoch, g, now_ms()}
 """
 
-#: ARGV: name, node: the node has no member left in the room.
-UNWHERE = """
-redis.call('SREM', 'ocm:where:' .. ARGV[2], ARGV[1])
-return 1
-"""
-
-#: ARGV: node, ttl in ms -> {1 if the heartbeat was still there, {dead nodes}}.
-HEARTBEAT = """
-local had = redis.call('SET', 'ocm:alive:' .. ARGV[1], '1', 'PX', ARGV[2], 'GET')
-redis.call('SADD', 'ocm:nodes', ARGV[1])
+#: ARGV: (checked), ttl in ms -> {{nodes whose heartbeat is gone}, Redis time in ms}.
+HEARTBEAT = CHECKED + """
+redis.call('SET', 'ocm:alive:' .. me, ARGV[3], 'PX', ARGV[4])
 local dead = {}
-for _, n in ipairs(redis.call('SMEMBERS', 'ocm:nodes')) do
-  if n ~= ARGV[1] and redis.call('EXISTS', 'ocm:alive:' .. n) == 0 then dead[#dead + 1] = n end
+for _, n in ipairs(redis.call('HKEYS', 'ocm:live')) do
+  if n ~= me and redis.call('EXISTS', 'ocm:alive:' .. n) == 0 then dead[#dead + 1] = n end
 end
-if had then return {1, dead} end
-return {0, dead}
+return {dead, now_ms()}
 """
 
-#: ARGV: node, mode, then names of rooms to keep.  Mode C{gone}: the node
-#: is dead or stopped, and leaves the node set; C{keep}: its own rebuild.
-#: Removes the node's members from every other room it was in; closes
-#: those it hosted.  -> list of {name, id, 'closed' | 'left', {nodes to
-#: tell}, {user, ...}}.
-REAP = _KEYS + """
+#: ARGV: (checked), the node to reap -> {its reaped generation ('' if there
+#: was nothing to reap: it beat again, or another node reaped it first),
+#: count of its members removed}.
+REAP = CHECKED + _REAP + """
+local target = ARGV[4]
+if target == me or redis.call('EXISTS', 'ocm:alive:' .. target) == 1 then return {'', 0} end
+return reap(target, me, ARGV[3])
+"""
+
+#: ARGV: node, its generation (0 before it registered) -> as L{REAP}: this
+#: node's own part goes (what a previous run left, at start; all of it, when
+#: it stops).
+REAP_SELF = _KEYS + _REAP + """
+return reap(ARGV[1], ARGV[1], ARGV[2])
+"""
+
+#: ARGV: (checked), names of rooms to keep: the node's own rebuild drops
+#: its part of every other room.  Removes its members from those rooms;
+#: closes those it hosted.  -> list of {name, id, 'closed' | 'left', {nodes
+#: to tell}, {user, ...}}.
+PRUNE = CHECKED + """
 local keep = {}
-for i = 3, #ARGV do keep[ARGV[i]] = true end
-local where = 'ocm:where:' .. ARGV[1]
+for i = 4, #ARGV do keep[ARGV[i]] = true end
+local where = 'ocm:where:' .. me
 local out = {}
 for _, name in ipairs(redis.call('SMEMBERS', where)) do
   if not keep[name] then
@@ -121,11 +176,11 @@ for _, name in ipairs(redis.call('SMEMBERS', where)) do
       local all = redis.call('HGETALL', members)
       for i = 1, #all, 2 do
         local n = all[i + 1]
-        if n == ARGV[1] then gone[#gone + 1] = all[i]
+        if n == me then gone[#gone + 1] = all[i]
         elseif not seen[n] then seen[n] = true; nodes[#nodes + 1] = n end
       end
-      if info[2] == ARGV[1] then
-        redis.call('DEL', room, members, bound)
+      if info[2] == me then
+        redis.call('DEL', room, members, bound, key(name, 'history'))
         redis.call('HDEL', 'ocm:rooms', name)
         out[#out + 1] = {name, info[1], 'closed', nodes, gone}
       else
@@ -139,43 +194,160 @@ for _, name in ipairs(redis.call('SMEMBERS', where)) do
     redis.call('SREM', where, name)
   end
 end
-if ARGV[2] == 'gone' then
-  redis.call('DEL', where)
-  redis.call('SREM', 'ocm:nodes', ARGV[1])
-end
 return out
 """
 
-#: ARGV: name, id, host, host node, capacity, password, node, hosted (1/0),
-#: then user, bound (1/0) pairs of the node's members.  Puts the node's part
-#: of a room back (after Redis lost it, or lost an update of ours) and drops
-#: its stale members -> 0 if the room is gone or another now (close it
-#: locally), else {members, bound} as in JOIN.
-REBUILD = _KEYS + """
-local room, members, bound = key(ARGV[1], 'room'), key(ARGV[1], 'members'), key(ARGV[1], 'bound')
-local id = redis.call('HGET', room, 'id')
-if not id then
-  if ARGV[8] ~= '1' then return 0 end
-  redis.call('HSET', room, 'id', ARGV[2], 'host', ARGV[3], 'node', ARGV[4], 'capacity', ARGV[5], 'password', ARGV[6])
-  redis.call('HSET', 'ocm:rooms', ARGV[1], ARGV[2])
-elseif id ~= ARGV[2] then
-  return 0
+#: ARGV: (checked), name, id, host, then field, value pairs: the room's
+#: whole hash (docs/cluster.rst: id, host, node, capacity, password,
+#: history, and any field a rule adds) -> 1 created, 0 name taken.
+CREATE = CHECKED + """
+local room = key(ARGV[4], 'room')
+if redis.call('EXISTS', room) == 1 then return 0 end
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', room, unpack(fields))
+redis.call('HSET', key(ARGV[4], 'members'), ARGV[6], me)
+redis.call('HSET', 'ocm:rooms', ARGV[4], ARGV[5])
+redis.call('SADD', 'ocm:where:' .. me, ARGV[4])
+return 1
+"""
+
+#: ARGV: (checked), name, id, then field, value pairs -> 1 if set (the room
+#: is still that one).  The extension point of rules that keep state in
+#: the room's hash (L{ocm.cluster.state.RoomFields}).
+SET_FIELDS = CHECKED + """
+local room = key(ARGV[4], 'room')
+if redis.call('HGET', room, 'id') ~= ARGV[5] then return 0 end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', room, unpack(fields))
+return 1
+"""
+
+#: ARGV: (checked), name, id, user -> {404} | {409} | {503} | {200, members,
+#: bound, history} (members and bound as flat username, node lists; history
+#: the room's list of history notices, oldest first).  The MEMBER
+#: record is published here, to every other node with members in the room:
+#: the join is known there before the joining node even has the answer,
+#: so before the joiner's welcome.
+JOIN = CHECKED + """
+local MEMBER = 0x4D
+local name, user = ARGV[4], ARGV[6]
+local info = redis.call('HMGET', key(name, 'room'), 'id', 'capacity')
+if info[1] ~= ARGV[5] then return {404} end
+local members = key(name, 'members')
+if redis.call('HEXISTS', members, user) == 1 then return {409} end
+if info[2] ~= '' and redis.call('HLEN', members) >= tonumber(info[2]) then return {503} end
+redis.call('HSET', members, user, me)
+redis.call('SADD', 'ocm:where:' .. me, name)
+local all = redis.call('HGETALL', members)
+local message = batch(me, ARGV[3], record(MEMBER, name, ARGV[5], user))
+local told = {[me] = true}
+for i = 2, #all, 2 do
+  local n = all[i]
+  if not told[n] then
+    told[n] = true
+    redis.call('PUBLISH', 'ocm:node:' .. n, message)
+  end
 end
-local mine = {}
-for i = 9, #ARGV, 2 do mine[ARGV[i]] = ARGV[i + 1] end
+return {200, all, redis.call('HGETALL', key(name, 'bound')), redis.call('LRANGE', key(name, 'history'), 0, -1)}
+"""
+
+#: ARGV: (checked), name, id, user -> 1 if recorded as bound.
+BIND = CHECKED + """
+if redis.call('HGET', key(ARGV[4], 'room'), 'id') ~= ARGV[5] then return 0 end
+if redis.call('HGET', key(ARGV[4], 'members'), ARGV[6]) ~= me then return 0 end
+redis.call('HSET', key(ARGV[4], 'bound'), ARGV[6], me)
+return 1
+"""
+
+#: ARGV: (checked), name, id, user -> 1 if removed.
+LEAVE = CHECKED + """
+if redis.call('HGET', key(ARGV[4], 'room'), 'id') ~= ARGV[5] then return 0 end
+if redis.call('HGET', key(ARGV[4], 'members'), ARGV[6]) ~= me then return 0 end
+redis.call('HDEL', key(ARGV[4], 'members'), ARGV[6])
+redis.call('HDEL', key(ARGV[4], 'bound'), ARGV[6])
+return 1
+"""
+
+#: ARGV: (checked), name, id -> the nodes that had members in it (to tell them).
+CLOSE = CHECKED + """
+local room = key(ARGV[4], 'room')
+if redis.call('HGET', room, 'id') ~= ARGV[5] then return {} end
+local seen, nodes = {}, {}
+for _, n in ipairs(redis.call('HVALS', key(ARGV[4], 'members'))) do
+  if not seen[n] then seen[n] = true; nodes[#nodes + 1] = n end
+end
+redis.call('DEL', room, key(ARGV[4], 'members'), key(ARGV[4], 'bound'), key(ARGV[4], 'history'))
+redis.call('HDEL', 'ocm:rooms', ARGV[4])
+return nodes
+"""
+
+#: ARGV: (checked), name: the node has no member left in the room.
+UNWHERE = CHECKED + """
+redis.call('SREM', 'ocm:where:' .. me, ARGV[4])
+return 1
+"""
+
+#: ARGV: (checked), name, id, hosted (1/0), count of fields, the room's
+#: field, value pairs (its whole hash), count of history notices, the
+#: notices (oldest first), then user, bound (1/0) pairs of the node's
+#: members, the host first.  Puts the node's part of a room back
+#: (after Redis restarted, or lost an update of ours), checking each member
+#: as a join is checked: a username another node holds now, or one more
+#: member than the capacity, is refused (the node tells that member it is
+#: out).  Drops its stale members.  -> 0 if the room is gone, -1 if it is
+#: another room now (close it locally), else {members, bound, refused}
+#: (members and bound as in JOIN, refused a list of usernames).  A host
+#: node recreates a room that Redis lost with every field it had, and its
+#: history as the host's node kept it.
+REBUILD = CHECKED + """
+local name, id = ARGV[4], ARGV[5]
+local room, members, bound = key(name, 'room'), key(name, 'members'), key(name, 'bound')
+local nfields = tonumber(ARGV[7])
+local at = 8 + 2 * nfields
+local nhistory = tonumber(ARGV[at])
+local first = at + 1 + nhistory
+local current = redis.call('HGET', room, 'id')
+if not current then
+  if ARGV[6] ~= '1' then return 0 end
+  local fields = {}
+  for i = 8, at - 1 do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', room, unpack(fields))
+  redis.call('HSET', 'ocm:rooms', name, id)
+  local history = key(name, 'history')
+  redis.call('DEL', history)
+  for i = at + 1, first - 1 do redis.call('RPUSH', history, ARGV[i]) end
+elseif current ~= id then
+  return -1
+end
+local capacity = tonumber(redis.call('HGET', room, 'capacity') or '')
+local mine, order = {}, {}
+for i = first, #ARGV, 2 do
+  mine[ARGV[i]] = ARGV[i + 1]
+  order[#order + 1] = ARGV[i]
+end
 local all = redis.call('HGETALL', members)
 for i = 1, #all, 2 do
-  if all[i + 1] == ARGV[7] and not mine[all[i]] then
+  if all[i + 1] == me and not mine[all[i]] then
     redis.call('HDEL', members, all[i])
     redis.call('HDEL', bound, all[i])
   end
 end
-for user, b in pairs(mine) do
-  redis.call('HSET', members, user, ARGV[7])
-  if b == '1' then redis.call('HSET', bound, user, ARGV[7]) end
+local refused = {}
+for _, user in ipairs(order) do
+  local owner = redis.call('HGET', members, user)
+  if owner and owner ~= me then
+    refused[#refused + 1] = user
+  elseif not owner and capacity and redis.call('HLEN', members) >= capacity then
+    refused[#refused + 1] = user
+  else
+    redis.call('HSET', members, user, me)
+    if mine[user] == '1' then redis.call('HSET', bound, user, me) end
+  end
 end
-redis.call('SADD', 'ocm:where:' .. ARGV[7], ARGV[1])
-return {redis.call('HGETALL', members), redis.call('HGETALL', bound)}
+redis.call('SADD', 'ocm:where:' .. me, name)
+return {redis.call('HGETALL', members), redis.call('HGETALL', bound), refused}
 """
 
 #: -> flat list: name, capacity, protected (1/0), members, per room.

@@ -22,11 +22,12 @@ from twisted.logger import Logger
 
 from ocm.cluster import scripts
 from ocm.cluster.address import RedisAddress
+from ocm.cluster.guard import GuardedUDPServer, StallGuard
 from ocm.cluster.links import RedisLinks
 from ocm.cluster.liveness import Liveness
-from ocm.cluster.records import Inbound, Outbound
+from ocm.cluster.records import Inbound, JoinWaits, Outbound
 from ocm.cluster.registry import ClusterRegistry
-from ocm.cluster.state import Node
+from ocm.cluster.state import Incarnations, Node, RoomFields, StallWatch
 from ocm.relay.protocol import Writer
 from ocm.rooms import Rooms
 
@@ -49,6 +50,32 @@ class ClusterLinks:
         self.node = Node(node, heartbeat_ttl)
         self.links = RedisLinks(address, clock, self.node)
         self.outbound = Outbound(self.node, self.links)
+        #: Whether this process stalled: its UDP port, its sweep and its heartbeat ask it.
+        self.guard = StallGuard(StallWatch(heartbeat_ttl / 2), clock)
+
+    def udp_server(self, *args: Any, **kwargs: Any) -> GuardedUDPServer:
+        """The node's UDP port service: L{ocm.relay.port.FastUDPServer}'s arguments, guarded against stalls."""
+        return GuardedUDPServer(*args, guard=self.guard, **kwargs)
+
+
+class NodeEvents:
+    """What the links tell the node (L{ocm.cluster.links.LinkEvents}): batches to the inbound records, the rest to liveness."""
+
+    def __init__(self, inbound: Inbound, liveness: Liveness) -> None:
+        self.inbound = inbound
+        self.liveness = liveness
+
+    def received(self, data: bytes) -> None:
+        """See L{ocm.cluster.links.LinkEvents.received}."""
+        self.inbound.received(data)
+
+    def command_connected(self) -> None:
+        """See L{ocm.cluster.links.LinkEvents.command_connected}."""
+        self.liveness.command_connected()
+
+    def refused(self, verdict: str, generation: int) -> None:
+        """See L{ocm.cluster.links.LinkEvents.refused}."""
+        self.liveness.refused(verdict, generation)
 
 
 class ClusterService(service.Service):
@@ -60,10 +87,12 @@ class ClusterService(service.Service):
     def __init__(self, first: ClusterLinks, rooms: Rooms, writer: Writer, ports: Callable[[], tuple[int, int]]) -> None:
         self.node = first.node
         self.links = first.links
-        self.inbound = Inbound(self.node, rooms, writer, self.links)
+        self.inbound = Inbound(self.node, rooms, writer, self.links, Incarnations(), JoinWaits(self.links.clock))
+        fields = RoomFields()
         #: What the TCRP side asks (L{ocm.tcrp.registry.Registry}).
-        self.registry = ClusterRegistry(self.node, rooms, self.links, first.outbound, self.inbound, writer)
-        self.liveness = Liveness(self.node, rooms, writer, self.links, self.inbound)
+        self.registry = ClusterRegistry(self.node, rooms, self.links, first.outbound, self.inbound, writer, fields)
+        self.liveness = Liveness(self.node, rooms, writer, self.links, self.inbound, first.guard, fields)
+        self.events = NodeEvents(self.inbound, self.liveness)
         self.ports = ports
 
     @property
@@ -83,7 +112,7 @@ class ClusterService(service.Service):
             self.node.name = default_node_name(*self.ports())
         address = self.links.address
         log.info("cluster node {node} on Redis {host}:{port}/{db}", node=self.node.name, host=address.host, port=address.port, db=address.db)
-        self.links.start(self.inbound.received, self.liveness.command_connected)
+        self.links.start(self.events)
         self.liveness.start()
 
     def stopService(self) -> defer.Deferred[Any]:
@@ -106,6 +135,5 @@ class ClusterService(service.Service):
         if links.outbox is not None:
             links.outbox.flush()  # what those scripts' answers added (a close's other nodes)
         if links.ready:
-            await links.bounded(links.eval(scripts.REAP, self.node.name, "gone"))
-            await links.bounded(links.command.delete(f"ocm:alive:{self.node.name}"))
+            await links.bounded(links.eval(scripts.REAP_SELF, self.node.name, self.node.generation))
         await links.stop()

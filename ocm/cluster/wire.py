@@ -4,8 +4,17 @@ The cluster's pub/sub messages (docs/cluster.rst gives every byte).
 A node sends each other node at most one Redis PUBLISH per reactor turn,
 on the channel C{ocm:node:<name>}, carrying a batch:
 
-    batch  = OriginSize (1) | Origin (UTF-8 node name) | record*
-    record = Kind (1) | RoomNameSize (1) | RoomName | BodySize (2, big-endian) | Body
+    batch  = OriginSize (1) | Origin (UTF-8 node name) | Generation (8) | SentAt (8) | record*
+    record = Kind (1) | RoomNameSize (1) | RoomName | RoomId (16) | BodySize (2, big-endian) | Body
+
+C{RoomId} tells a room from an earlier or later one of the same name: a
+record whose id is not the one of the room the receiver holds under that
+name is ignored.
+
+C{Generation} is the origin's registration (L{ocm.cluster.state.Node}):
+a receiver drops every batch of a generation it knows is dead.  C{SentAt}
+is the time of the batch, in milliseconds of Redis's clock: a receiver
+drops chat older than half the member timeout.
 
 Pure codec: no I/O.  Also the RESP encoding of PUBLISH, written as is to
 Redis so that the chat path pays a few microseconds per batch, not a
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from typing import NamedTuple
 
 #: Record kinds.
 CHAT = 0x43  # "C": Body = a relayed datagram (UserNameSize | UserName | Message)
@@ -24,10 +34,19 @@ BOUND = 0x42  # "B": Body = username; bound its token on the origin
 LEFT = 0x4C  # "L": Body = ReasonSize (1) | Reason | username
 CLOSED = 0x58  # "X": Body = reason; the room is closed
 SYNC = 0x53  # "S": Body = Reply (1) | (Bound (1) | UserNameSize (1) | UserName)*: every member the origin has there
+GONE = 0x47  # "G": no room; Body = Generation (8) | NodeName: that generation of the node is dead (reaped, or stopped)
+ACK = 0x41  # "A": Body = username: the receiver's MEMBER record of that member was applied here
 
-KINDS = frozenset({CHAT, MEMBER, BOUND, LEFT, CLOSED, SYNC})
+KINDS = frozenset({CHAT, MEMBER, BOUND, LEFT, CLOSED, SYNC, GONE, ACK})
 
 _SIZE = struct.Struct(">H")
+#: The size of a room id on the wire (16 hex characters, ASCII).
+ID_SIZE = 16
+#: The room id of a record that names no room (GONE).
+NO_ROOM = b"0" * ID_SIZE
+#: Generation and SentAt, after the origin.
+_STAMP = struct.Struct(">QQ")
+_GENERATION = struct.Struct(">Q")
 
 
 class ClusterWireError(ValueError):
@@ -39,7 +58,7 @@ def channel(node: str) -> bytes:
     return b"ocm:node:" + node.encode("utf-8")
 
 
-def batch_header(node: str) -> bytes:
+def origin_prefix(node: str) -> bytes:
     """C{OriginSize | Origin}, which starts every batch C{node} sends."""
     name = node.encode("utf-8")
     if not 1 <= len(name) <= 255:
@@ -47,9 +66,32 @@ def batch_header(node: str) -> bytes:
     return bytes((len(name),)) + name
 
 
-def record(kind: int, room: bytes, body: bytes) -> bytes:
-    """One record of a batch."""
-    return bytes((kind, len(room))) + room + _SIZE.pack(len(body)) + body
+def stamp(generation: int, sent_at: int) -> bytes:
+    """C{Generation | SentAt}, after the origin."""
+    return _STAMP.pack(generation, sent_at)
+
+
+def batch_header(node: str, generation: int = 0, sent_at: int = 0) -> bytes:
+    """The whole header of a batch C{node} sends: origin, generation, time (ms of Redis's clock)."""
+    return origin_prefix(node) + _STAMP.pack(generation, sent_at)
+
+
+def room_id(room_id: str) -> bytes:
+    """A room id as records carry it."""
+    raw = room_id.encode("ascii")
+    if len(raw) != ID_SIZE:
+        raise ValueError(f"a room id is {ID_SIZE} ASCII characters")
+    return raw
+
+
+def record(kind: int, room: bytes, rid: bytes, body: bytes) -> bytes:
+    """One record of a batch, about room C{room} (its UTF-8 name) of id C{rid} (L{room_id})."""
+    return bytes((kind, len(room))) + room + rid + _SIZE.pack(len(body)) + body
+
+
+def gone_record(node: str, generation: int) -> bytes:
+    """The GONE record: C{generation} of C{node} is dead."""
+    return record(GONE, b"", NO_ROOM, gone_body(node, generation))
 
 
 def left_body(username: str, reason: str) -> bytes:
@@ -63,6 +105,18 @@ def parse_left(body: bytes) -> tuple[str, str]:
     if not body or len(body) < 1 + body[0]:
         raise ClusterWireError("short LEFT record")
     return body[1 + body[0] :].decode("utf-8"), body[1 : 1 + body[0]].decode("ascii")
+
+
+def gone_body(node: str, generation: int) -> bytes:
+    """The body of a GONE record: C{node}'s C{generation} is dead."""
+    return _GENERATION.pack(generation) + node.encode("utf-8")
+
+
+def parse_gone(body: bytes) -> tuple[str, int]:
+    """(node, generation) of a GONE record's body."""
+    if len(body) < 9:
+        raise ClusterWireError("short GONE record")
+    return body[8:].decode("utf-8"), _GENERATION.unpack_from(body)[0]
 
 
 def sync_body(members: list[tuple[str, bool]], reply: bool) -> bytes:
@@ -89,18 +143,30 @@ def parse_sync(body: bytes) -> tuple[list[tuple[str, bool]], bool]:
     return members, body[0] == 1
 
 
-def parse_batch(data: bytes) -> tuple[str, Iterator[tuple[int, bytes, bytes]]]:
+class Batch(NamedTuple):
+    """A parsed batch: who sent it, when, and its records."""
+
+    origin: str
+    generation: int
+    sent_at: int
+    #: C{(kind, room name, room id, body)}, parsed as they are taken.
+    records: Iterator[tuple[int, bytes, bytes, bytes]]
+
+
+def parse_batch(data: bytes) -> Batch:
     """
-    (origin, records) of a batch; the records, C{(kind, room, body)}, are
-    parsed as they are taken, and raise L{ClusterWireError} where the batch
-    is cut short.  Unknown kinds are skipped (a newer node's).
+    A batch's header, and its records, C{(kind, room name, room id, body)}, parsed as they
+    are taken: they raise L{ClusterWireError} where the batch is cut short.
+    Unknown kinds are skipped (a newer node's).
     """
-    if not data or len(data) < 1 + data[0] or data[0] == 0:
+    if not data or data[0] == 0 or len(data) < 1 + data[0] + _STAMP.size:
         raise ClusterWireError("short batch header")
     end = 1 + data[0]
     origin = data[1:end].decode("utf-8")
+    generation, sent_at = _STAMP.unpack_from(data, end)
+    end += _STAMP.size
 
-    def records() -> Iterator[tuple[int, bytes, bytes]]:
+    def records() -> Iterator[tuple[int, bytes, bytes, bytes]]:
         at = end
         size = len(data)
         while at < size:
@@ -108,17 +174,18 @@ def parse_batch(data: bytes) -> tuple[str, Iterator[tuple[int, bytes, bytes]]]:
                 raise ClusterWireError("short record header")
             kind = data[at]
             room_end = at + 2 + data[at + 1]
-            if room_end + 2 > size:
+            id_end = room_end + ID_SIZE
+            if id_end + 2 > size:
                 raise ClusterWireError("short record")
-            (body_size,) = _SIZE.unpack_from(data, room_end)
-            body_end = room_end + 2 + body_size
+            (body_size,) = _SIZE.unpack_from(data, id_end)
+            body_end = id_end + 2 + body_size
             if body_end > size:
                 raise ClusterWireError("short record body")
             if kind in KINDS:
-                yield kind, data[at + 2 : room_end], data[room_end + 2 : body_end]
+                yield kind, data[at + 2 : room_end], data[room_end:id_end], data[id_end + 2 : body_end]
             at = body_end
 
-    return origin, records()
+    return Batch(origin, generation, sent_at, records())
 
 
 def resp_command(*parts: bytes) -> bytes:

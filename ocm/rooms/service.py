@@ -396,3 +396,24 @@ class Rooms:
         """(rooms, members, bound members)."""
         bound = sum(len(room.bound) for room in self.rooms.values())
         return len(self.rooms), len(self.tokens), bound
+
+    def evict(self, room: Room, reason: str) -> Sends:
+        """
+        Every local member of C{room}, a replica, is out, though the room
+        lives on elsewhere: this node lost its place in a cluster (it was
+        fenced, L{ocm.cluster.liveness}).  Each bound member gets
+        C{disconnected} with C{reason}; they are not told of each other's
+        leaving, the peers are told nothing; the replica is forgotten.
+        """
+        notice = wire.encode_notice("disconnected", reason=reason)
+        sends: Sends = []
+        for member in list(room.members.values()):
+            if member.route is not None:
+                sends.append((notice, member))
+            self._forget(member)
+            self.stats.removed[reason] += 1
+        room.open = False
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        log.info("room {room}: this node's members are out ({reason})", room=room.name, reason=reason)
+        return sends

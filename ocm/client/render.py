@@ -136,6 +136,12 @@ def refusal(operation: int, room: str, status: int, message: str) -> str:
     return f"the server refused the request ({status}: {message})"
 
 
+#: The session's pings went unanswered (SPEC section 7), nothing else came.
+SERVER_GONE = "* the server stopped answering"
+#: The same, and the client joins again.
+SERVER_GONE_REJOINING = "* the server stopped answering; rejoining…"
+
+
 def history_granted(asked: int | None, answer: dict[str, Any]) -> str | None:
     """
     What a creator who asked for C{asked} messages of history is told, from

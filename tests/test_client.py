@@ -38,12 +38,12 @@ class ChatSessionTests(unittest.TestCase):
         self.session.datagramReceived(notice, SERVER)
 
     def test_hello_until_welcome(self) -> None:
-        """\\x00hello every half second until the welcome, then no more."""
+        """\\x00hello every half second until the welcome, then no more (but one ping: does the server answer pings?)."""
         self.clock.pump([0.5] * 3)
         self.assertEqual(self.sent(), [wire.HELLO] * 4)
         self.welcome()
         self.clock.pump([0.5] * 4)
-        self.assertEqual(len(self.sent()), 4)
+        self.assertEqual(self.sent(), [wire.HELLO] * 4 + [b"\x00ping"])
         self.assertEqual(self.lines, ["* joined room 'r' as alice (host: alice; here: alice)"])
 
     def test_no_udp(self) -> None:
@@ -58,11 +58,12 @@ class ChatSessionTests(unittest.TestCase):
         self.session.line("two")
         self.assertEqual(self.sent(), [wire.HELLO])
         self.welcome()
-        self.assertEqual(self.sent(), [wire.HELLO, b"one", b"two"])
+        self.assertEqual(self.sent(), [wire.HELLO, b"one", b"two", b"\x00ping"])
 
     def test_keepalive(self) -> None:
         """An empty datagram about every timeout/3 while idle, none while talking."""
         self.welcome()
+        self.session.datagramReceived(wire.encode_notice("pong"), SERVER)  # the welcome's ping answered
         self.transport.clear()
         self.clock.pump([2.5] * 4)  # 10 s idle
         self.assertEqual(self.sent(), [b""])
@@ -99,11 +100,12 @@ class ChatSessionTests(unittest.TestCase):
         self.assertEqual(self.endings, [Ending(EXIT_OK)])
 
     def test_eof_before_welcome(self) -> None:
-        """End of input before the welcome: send what waits, then leave."""
+        """End of input before the welcome: send what waits (and the welcome's ping), then leave."""
         self.session.line("bye")
         self.session.leave_when_ready()
         self.welcome()
-        self.assertEqual(self.sent(), [wire.HELLO, b"bye", wire.LEAVE])
+        self.assertEqual(self.sent(), [wire.HELLO, b"bye", b"\x00ping", wire.LEAVE])
+        self.assertEqual(self.endings, [Ending(EXIT_OK)])
 
     def test_render_incoming(self) -> None:
         """Chat lines as HH:MM name: text; notices as * lines; foreign sources ignored."""

@@ -80,7 +80,7 @@ class CommandDatagramTests(SessionCase):
         self.assertEqual(self.sent(), [wire.HELLO])
         self.assertTrue(self.ui.lines)
         self.welcome()
-        self.assertEqual(self.sent(), [wire.HELLO, b"hi", b"\x00topic first"])
+        self.assertEqual(self.sent(), [wire.HELLO, b"hi", b"\x00topic first", b"\x00ping"])
 
     def test_long_private_message(self) -> None:
         """A long /msg goes out in several private messages that fit, each to the same USER."""
@@ -105,14 +105,15 @@ class NoticeTests(SessionCase):
         self.assertEqual(self.ui.lines[-1], "[private] bob: 秘密だよ")
 
     def test_pong(self) -> None:
-        """/ping, then pong: how long the server took."""
+        """/ping, then pong: how long the server took; a pong nobody typed /ping for is not shown (the session pings by itself)."""
         self.welcome()
         self.session.line("/ping")
         self.clock.advance(0.05)
         self.notice("pong")
         self.assertEqual(self.ui.lines[-1], "* pong: the server answered in 50 ms")
         self.notice("pong")
-        self.assertEqual(self.ui.lines[-1], "* pong: the server answers")
+        self.assertEqual(self.ui.lines[-1], "* pong: the server answered in 50 ms")
+        self.assertEqual(len(self.ui.lines), 2)
         self.assertFalse(self.session._ping_timer.active())  # no "no pong" later
 
     def test_no_pong(self) -> None:

@@ -19,7 +19,7 @@ from ocm import wire
 from ocm.client import render
 from ocm.client.requests import Reply, RequestFailed, request
 from ocm.client.tunnel import open_tunnel
-from ocm.client.session import EXIT_DISCONNECTED, ChatSession, Ending, LobbySession, _Session
+from ocm.client.session import EXIT_DISCONNECTED, EXIT_SERVER_GONE, ChatSession, Ending, LobbySession, _Session
 
 
 async def resolve(reactor: Any, host: str) -> str:
@@ -69,6 +69,21 @@ class Frontend:
         else:
             self._pending.append(text)
 
+    def requeue(self, lines: list[str]) -> None:
+        """Lines a session ended without sending for sure: first for the next session."""
+        self._pending[:0] = lines
+
+    def not_sent(self, lines: list[str]) -> None:
+        """
+        No session comes any more: say which typed lines were not sent
+        (C{lines}, then those waiting here), rather than dropping them silently.
+        An interrupted client dropped them on purpose.
+        """
+        lines, self._pending = [*lines, *self._pending], []
+        if not self.interrupted:
+            for text in lines:
+                self.out(f"* not sent: {text}")
+
     def interrupt(self, why: str) -> None:
         """
         Ctrl-C or SIGTERM: say so and leave at once (sending C{\\x00leave});
@@ -84,7 +99,7 @@ class Frontend:
             self.session.leave()
 
     def end_of_input(self) -> None:
-        """No more input: leave once what was typed is sent."""
+        """No more input: leave once what was typed is sent and the server has confirmed it."""
         self._eof = True
         if self.session is not None:
             self.session.leave_when_ready()
@@ -116,7 +131,11 @@ async def chat(
 ) -> int:
     """
     Chat in C{room} with the token of C{reply} until the session ends;
-    after a disconnection, join again once (if C{rejoin}).
+    after a disconnection, or the server stopping answering, join again
+    once (if C{rejoin}): a new TCRP join, same name and password, new token.
+    Lines the server did not confirm before it stopped answering, and those
+    typed meanwhile, are sent after the rejoin; with no rejoin (or a failed
+    one), each is said not to have been sent.
 
     @return: the exit code.
     """
@@ -141,19 +160,30 @@ async def chat(
             drop_udp=os.environ.get("OCM_CLIENT_DROP_UDP") == "1",
         )
         ending = await run_session(reactor, ui, session, host)
-        if ending.message:
+        rejoining = ending.rejoinable and rejoin
+        if ending.gone:
+            ui.out(render.SERVER_GONE_REJOINING if rejoining else render.SERVER_GONE)
+        elif ending.message:
             ui.out(ending.message)
-        if not (ending.rejoinable and rejoin):
+        if not rejoining:
+            ui.not_sent(ending.unsent)
             return ending.code
-        ui.out("* joining again...")
+        if ending.unsent:
+            ui.out(render.resending(len(ending.unsent)))
+            ui.requeue(ending.unsent)
+        if not ending.gone:
+            ui.out("* joining again...")
+        failed = EXIT_SERVER_GONE if ending.gone else EXIT_DISCONNECTED
         try:
             reply = await open_room(reactor, host, tcp_port, wire.OP_JOIN, room, name, password, None, tls=tls)
         except RequestFailed as e:
             ui.out(f"* could not join again: {e}")
-            return EXIT_DISCONNECTED
+            ui.not_sent([])
+            return failed
         if reply.status != 200:
-            ui.out(f"* could not join again: {render.refusal(wire.OP_JOIN, room, reply.status, reply.message)}")
-            return EXIT_DISCONNECTED
+            ui.out(render.rejoin_refused(room, reply.status, reply.message, hosted=session.host == name))
+            ui.not_sent([])
+            return failed
 
 
 def key_of(reply: Reply) -> bytes | None:

@@ -13,8 +13,9 @@ EPILOG = """\
 exit status: 0 left normally, 1 cannot reach the server, 2 usage,
 3 refused by the server (wrong password, no such room, name taken, full;
 with --tcp-only, no TCP tunnel), 4 the room closed (host left or server
-shutdown), 5 disconnected by the server and could not rejoin, 6 no reply
-over UDP (and no TCP tunnel to fall back on).
+shutdown), 5 disconnected by the server, or the server stopped answering
+(no pong to the client's pings), and could not rejoin (with --no-rejoin:
+did not try), 6 no reply over UDP (and no TCP tunnel to fall back on).
 """
 
 
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--capacity", type=int, help="with --create: most members, the host included")
     parser.add_argument("--password-file", help="read the room password from this file (first line)")
     parser.add_argument("--password", help="the room password (visible in ps: prefer OCM_PASSWORD or --password-file)")
-    parser.add_argument("--no-rejoin", dest="rejoin", action="store_false", help="do not join again after a disconnection")
+    parser.add_argument("--no-rejoin", dest="rejoin", action="store_false", help="do not join again after a disconnection or when the server stops answering")
     parser.add_argument("--timeout", type=float, default=30.0, help="lobby only: the server's timeout, to pace keepalives")
     parser.add_argument("--history", type=int, metavar="N", help="with --create: keep the last N messages for newcomers (if the server keeps history)")
     parser.add_argument("--tcp-only", action="store_true", help="chat through the TCP connection from the start (a server with --tunnel); otherwise only when UDP gets no reply")

@@ -136,6 +136,30 @@ def refusal(operation: int, room: str, status: int, message: str) -> str:
     return f"the server refused the request ({status}: {message})"
 
 
+#: The session's pings went unanswered (SPEC section 7), nothing else came.
+SERVER_GONE = "* the server stopped answering"
+#: The same, and the client joins again.
+SERVER_GONE_REJOINING = "* the server stopped answering; rejoining…"
+
+
+def resending(count: int) -> str:
+    """What is said of the C{count} lines the server did not confirm, before the rejoin."""
+    lines = "line" if count == 1 else f"{count} lines"
+    return f"* the server did not confirm your last {lines}: sent again once rejoined"
+
+
+def rejoin_refused(room: str, status: int, message: str, hosted: bool) -> str:
+    """
+    The one rejoin refused.  A 404 means the room ended (with its server,
+    or its host): its host (C{hosted}) is told it cannot rejoin it.
+    """
+    if status == 404 and hosted:
+        return f"* could not join again: room {room!r} is gone (it ended with the server), and you were its host: a room that is gone cannot be rejoined; create it again to go on chatting"
+    if status == 404:
+        return f"* could not join again: room {room!r} is gone (no room of that name on the server now)"
+    return f"* could not join again: {refusal(wire.OP_JOIN, room, status, message)}"
+
+
 def history_granted(asked: int | None, answer: dict[str, Any]) -> str | None:
     """
     What a creator who asked for C{asked} messages of history is told, from

@@ -6,7 +6,7 @@ relay (hello until welcomed, keepalives, splitting, notices) and the lobby.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer, task
@@ -24,10 +24,18 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_CLOSED = 4
 EXIT_DISCONNECTED = 5
+#: The server stopped answering (no pong, nothing else) and the one rejoin failed: the same 5 as a disconnection.
+EXIT_SERVER_GONE = 5
 EXIT_NO_UDP = 6
 
 #: Seconds /ping waits for its pong before saying none came.
 PING_WAIT = 3.0
+#: The least time a ping may go unanswered (nothing else heard) before the server counts as gone.
+MIN_ANSWER_WAIT = 2.0
+#: A line sent when nothing was heard for this long is followed by a ping (a dead server shows sooner).
+QUIET_BEFORE_LINE = 1.0
+#: Pings sent after the welcome to learn whether the server answers them (SPEC section 7) at all.
+PROBES = 3
 
 Address = tuple[str, int]
 Output = Callable[[str], None]
@@ -40,6 +48,10 @@ class Ending:
     code: int
     message: str = ""
     rejoinable: bool = False
+    #: The server stopped answering: no pong to the pings, nothing else heard.
+    gone: bool = False
+    #: Typed lines not known to have reached the room (sent since the server was last heard, or still waiting for the welcome).
+    unsent: list[str] = field(default_factory=list)
 
 
 def parse_command(text: str) -> tuple[str, str] | None:
@@ -174,6 +186,18 @@ class ChatSession(_Session):
     Sends C{\\x00hello} every C{hello_interval} until the welcome arrives
     (ending with L{EXIT_NO_UDP} after C{hello_timeout}); lines typed before
     then wait.  Keepalives go out every C{timeout}/3 of silence.
+
+    Liveness (SPEC section 7): right after the welcome the session pings
+    once (up to L{PROBES} times) to learn that the server answers pings; a
+    server that never does (older than section 7) is never judged by its
+    silence.  Then, when nothing has come from the server for C{timeout}/2,
+    or a line goes out after a second of quiet, the session sends
+    C{\\x00ping} (its C{pong} is not shown unless the user typed /ping).  A
+    ping unanswered for max(C{timeout}/3, L{MIN_ANSWER_WAIT}) s, nothing
+    else heard meanwhile and asked again every third of that, means the
+    server stopped answering: the session ends with C{gone}, handing back
+    the lines typed since the server was last heard (they may have vanished
+    with it).
     """
 
     commands = [c.name for c in render.COMMANDS]
@@ -221,6 +245,23 @@ class ChatSession(_Session):
         self.muted: set[str] = set()
         self._ping_sent: float | None = None
         self._ping_timer: Any = None
+        #: The user's /ping went unanswered (said so): a late pong is still shown, once.
+        self._late_pong = False
+        #: Nothing heard from the server for this long: ping it.
+        self.ping_after = max(0.1, timeout / 2)
+        #: A ping unanswered this long, nothing else heard: the server is gone.
+        self.answer_within = max(timeout / 3, MIN_ANSWER_WAIT)
+        #: The server answered a ping: its silence means something.
+        self.answers_pings = False
+        self._probes = 0
+        #: When the server was last heard from (any datagram that decodes).
+        self.last_heard = 0.0
+        #: When the first ping still unanswered went out (None: none is).
+        self._asking_since: float | None = None
+        self._asked_at = 0.0
+        #: Lines sent since the server was last heard: unconfirmed, handed back if it is gone.
+        self._unconfirmed: list[str] = []
+        self._messages = 0
         self._waiting: list[str] = []
         self._hello: task.LoopingCall | None = None
         self._hello_deadline: Any = None
@@ -278,7 +319,8 @@ class ChatSession(_Session):
 
     def _tunnel_closed(self, _: Any) -> None:
         if not self.ended.called:
-            self.end(Ending(EXIT_DISCONNECTED, "* the server closed the TCP tunnel", rejoinable=True))
+            unsent, self._unconfirmed = self._unconfirmed, []
+            self.end(Ending(EXIT_DISCONNECTED, "* the server closed the TCP tunnel", rejoinable=True, unsent=unsent))
 
     def _send(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -296,7 +338,14 @@ class ChatSession(_Session):
             self._hello_deadline.cancel()
 
     def end(self, ending: Ending) -> None:
-        """Stop every timer, close the tunnel, report the ending."""
+        """
+        Stop every timer, close the tunnel, report the ending: with the
+        lines still waiting for the welcome, unless it is a leave (which
+        drops them on purpose).
+        """
+        if not self.ended.called and self._waiting and ending.code != EXIT_OK:
+            ending.unsent = [*ending.unsent, *self._waiting]
+            self._waiting = []
         self._stop_hello()
         if self._ping_timer is not None and self._ping_timer.active():
             self._ping_timer.cancel()
@@ -306,6 +355,7 @@ class ChatSession(_Session):
 
     def _message(self, message: bytes) -> None:
         """One datagram to the relay: the header and C{message} (sealed, in secure mode)."""
+        self._messages += 1
         if self.channel is not None:
             self._send(self.header + self.channel.seal(message))
         else:
@@ -324,7 +374,14 @@ class ChatSession(_Session):
         if not self.welcomed and text and not (parsed and parsed[0] in ("leave", "quit", "help")):
             self._waiting.append(text)
             return
+        before = self._messages
         super().line(text)
+        # What reached the room (not /ping or /who, which only ask) stays
+        # unconfirmed until the server is heard from again.
+        if self._messages > before and not self.ended.called and not (parsed and parsed[0] in ("ping", "who")):
+            self._unconfirmed.append(text)
+            if self.answers_pings and self._asking_since is None and self.clock.seconds() - self.last_heard >= QUIET_BEFORE_LINE:
+                self._ask()
 
     def say(self, text: str) -> None:
         """Send C{text}, split at character boundaries into datagrams that fit."""
@@ -362,16 +419,58 @@ class ChatSession(_Session):
             self._control(name)
 
     def ping(self) -> None:
-        """C{\\x00ping}; the pong says how long the server took, its absence after L{PING_WAIT} s is said too."""
+        """/ping: the pong says how long the server took, its absence after L{PING_WAIT} s is said too."""
         if self._ping_timer is not None and self._ping_timer.active():
             self._ping_timer.cancel()
         self._ping_sent = self.clock.seconds()
+        self._late_pong = False
         self._ping_timer = self.clock.callLater(PING_WAIT, self._no_pong)
-        self._control("ping")
+        self._ask()
 
     def _no_pong(self) -> None:
         self._ping_sent = None
+        self._late_pong = True
         self.out(f"* no pong within {PING_WAIT:.0f} s (a server older than SPEC section 7 does not answer /ping)")
+
+    def _ask(self) -> None:
+        """C{\\x00ping}: is the server still there?  (The user's /ping or the session's own.)"""
+        now = self.clock.seconds()
+        self._asked_at = now
+        if self._asking_since is None:
+            self._asking_since = now
+        self._control("ping")
+
+    def _probe(self) -> None:
+        """One of the pings that learn whether the server answers pings at all."""
+        self._probes += 1
+        self._ask()
+
+    def _maybe_keepalive(self) -> None:
+        """Every tick after the welcome: ping the server if it has been quiet, give it up if it stays so; keepalive."""
+        now = self.clock.seconds()
+        if not self.answers_pings:
+            if self._probes < PROBES and now - self._asked_at >= self.answer_within / 3:
+                self._probe()  # the probe or its pong may have been lost
+        elif self._asking_since is not None:
+            if now - self._asking_since >= self.answer_within:
+                self._server_gone()
+                return
+            if now - self._asked_at >= self.answer_within / 3:
+                self._ask()  # the ping or its pong may have been lost
+        elif now - self.last_heard >= self.ping_after:
+            self._ask()
+        super()._maybe_keepalive()
+
+    def _server_gone(self) -> None:
+        """No pong and nothing else within the bound: a dead node, or a path that no longer carries us."""
+        unsent, self._unconfirmed = self._unconfirmed, []
+        self.end(Ending(EXIT_SERVER_GONE, render.SERVER_GONE, rejoinable=True, gone=True, unsent=unsent))
+
+    def _heard(self) -> None:
+        """Something came from the server: it is alive, and what was sent before reached it."""
+        self.last_heard = self.clock.seconds()
+        self._asking_since = None
+        self._unconfirmed.clear()
 
     def _control(self, *words: str) -> None:
         """One control message: C{\\x00} and the words, one space apart (an empty last word: none)."""
@@ -403,11 +502,18 @@ class ChatSession(_Session):
         self.end(Ending(EXIT_OK))
 
     def leave_when_ready(self) -> None:
-        """Leave now if welcomed, else right after the welcome and the waiting lines."""
-        if self.welcomed:
+        """
+        Leave once the server has confirmed what was typed: at once if
+        nothing sent is unconfirmed, else once it is heard from after a ping
+        (if it never is, the session ends as gone and the lines are handed
+        back); before the welcome, after it and the waiting lines.
+        """
+        if self.welcomed and not (self._unconfirmed and self.answers_pings):
             self.leave()
-        else:
-            self._leave_when_ready = True
+            return
+        self._leave_when_ready = True
+        if self.welcomed and self._asking_since is None:
+            self._ask()
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         """A chat message or a notice from the relay, over UDP."""
@@ -426,13 +532,17 @@ class ChatSession(_Session):
             data = opened
         try:
             sender, message = wire.decode_relayed(data)
-            if sender:
-                self.out(render.chat_line(sender.decode("utf-8"), message.decode("utf-8")))
-                return
-            notice = wire.decode_notice(message)
+            chat = render.chat_line(sender.decode("utf-8"), message.decode("utf-8")) if sender else None
+            notice = None if sender else wire.decode_notice(message)
         except (wire.WireError, UnicodeDecodeError):
             return
-        self._notice(notice)
+        self._heard()
+        if notice is not None:
+            self._notice(notice)
+        elif chat is not None:
+            self.out(chat)
+        if self._leave_when_ready and self.welcomed and not self._unconfirmed and not self.ended.called:
+            self.leave()  # end of input, and now the server has confirmed the last lines
 
     def _notice(self, notice: dict[str, Any]) -> None:
         event = notice["event"]
@@ -448,21 +558,30 @@ class ChatSession(_Session):
                 waiting, self._waiting = self._waiting, []
                 for text in waiting:
                     self.line(text)
+                self._probe()
                 if self._leave_when_ready:
-                    self.leave()
+                    self.leave_when_ready()
             return
         if event == "closed":
-            self.end(Ending(EXIT_CLOSED, render.notice_line(notice)))
+            # Leaving at end of input, waiting for the server to confirm the
+            # last lines: it just did, and the room is gone; a leave all the same.
+            self.end(Ending(EXIT_OK if self._leave_when_ready else EXIT_CLOSED, render.notice_line(notice)))
         elif event == "disconnected":
             # Kicked or banned: out for good (SPEC section 7), no joining again by ourselves.
             rejoinable = notice.get("reason") not in ("kicked", "banned")
             self.end(Ending(EXIT_DISCONNECTED, render.notice_line(notice), rejoinable=rejoinable))
-        elif event == "pong" and self._ping_sent is not None:
-            took = (self.clock.seconds() - self._ping_sent) * 1000
-            self._ping_sent = None
-            if self._ping_timer is not None and self._ping_timer.active():
-                self._ping_timer.cancel()
-            self.out(f"* pong: the server answered in {took:.0f} ms")
+        elif event == "pong":
+            self.answers_pings = True
+            # Only the user's /ping is answered aloud; the session's own pings are silent.
+            if self._ping_sent is not None:
+                took = (self.clock.seconds() - self._ping_sent) * 1000
+                self._ping_sent = None
+                if self._ping_timer is not None and self._ping_timer.active():
+                    self._ping_timer.cancel()
+                self.out(f"* pong: the server answered in {took:.0f} ms")
+            elif self._late_pong:
+                self._late_pong = False
+                self.out(render.notice_line(notice, self.name))
         else:
             self._roster(notice)
             self.out(render.notice_line(notice, self.name))

@@ -435,6 +435,7 @@ class RedisLinks:
             )
         elif change is not None:
             log.info("Redis at {where} reachable" + (" again" if change == "back" else ""), where=where, node=self.node.name)
+            self.node.reached(self.clock.seconds())
             self._refusals.clear()
             self.node.want_rebuild()
 

@@ -571,3 +571,37 @@ class SentinelFailover(ClusterCase):
         m = Member(self, self.nodes[node].udp_port, room, name, frames[1].payload)
         await m.hello()
         return m
+
+
+class RedisPaused(ClusterCase):
+    """Redis stopped (SIGSTOP) longer than the TTL: every heartbeat lapsed, yet nobody is fenced."""
+
+    node_args = ["--timeout", str(TIMEOUT)]
+
+    async def test_redis_paused_past_the_ttl(self) -> None:
+        """
+        When Redis runs again, the node that reaches it first does not reap
+        the others (they were cut off as it was): nobody is told to leave,
+        /who agrees everywhere, chat crosses nodes.
+        """
+        members = await self.room("r", "abc")
+        keep = task.LoopingCall(lambda: [m.send(b"") for m in members])
+        keep.start(TIMEOUT / 5)
+        self.addCleanup(keep.stop)
+        assert self.redis.process is not None
+        self.redis.process.send_signal(signal.SIGSTOP)
+        try:
+            await sleep(TIMEOUT + 1.5)
+        finally:
+            self.redis.process.send_signal(signal.SIGCONT)
+        await wait_until(lambda: all(n.cluster.ready for n in self.nodes.values()), 15, "the nodes back")
+        await sleep(TIMEOUT + 1)  # past the grace: a reaping would have happened by now
+        for m in members:
+            self.assertEqual([n for n in m.peer.notices() if n["event"] in ("disconnected", "leave", "closed")], [], m.name)
+        for m in members:
+            m.send(wire.WHO)
+        await wait_until(lambda: all(m.peer.notices("members") for m in members), 5, "who")
+        for m in members:
+            self.assertEqual(set(m.peer.notices("members")[-1]["members"]), {"host", "guest1", "guest2"}, m.name)
+        members[1].send(b"still here")
+        await wait_until(lambda: all(("guest1", "still here") in m.chats() for m in (members[0], members[2])), 5, "chat across nodes")

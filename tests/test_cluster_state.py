@@ -166,6 +166,14 @@ class Fencing(unittest.TestCase):
         node.registered_as("e1", 11)
         self.assertTrue(node.registered)
 
+    def test_no_reaping_within_a_ttl_of_reaching_redis(self) -> None:
+        """Back from a Redis outage, a node gives the others one TTL to come back too before reaping them."""
+        node = Node("a", 2)
+        self.assertFalse(node.may_reap(100.0))
+        node.reached(100.0)
+        self.assertFalse(node.may_reap(101.9))
+        self.assertTrue(node.may_reap(102.0))
+
     def test_redis_clock(self) -> None:
         node = Node("a", 2)
         node.synchronise(5_000, 1.0, 1.2)  # Redis read 5 s while this node read 1.1 s

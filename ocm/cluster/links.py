@@ -255,7 +255,8 @@ class Link(LinkOwner):
         if self.stopped or self.connecting or self.proto is not None:
             return
         where = self.links.target.current()
-        if where is None:
+        if where is None:  # Sentinel has not said where the primary is (yet): ask again
+            self.links.link_failed(self, "no primary known")
             self._schedule()
             return
         self.connecting = True
@@ -434,6 +435,7 @@ class RedisLinks:
             )
         elif change is not None:
             log.info("Redis at {where} reachable" + (" again" if change == "back" else ""), where=where, node=self.node.name)
+            self.node.reached(self.clock.seconds())
             self._refusals.clear()
             self.node.want_rebuild()
 
@@ -450,6 +452,8 @@ class RedisLinks:
         connection is made again too, so that batches it may still hold
         do not reach Redis late.
         """
+        if link.stopped:  # the node is stopping: nothing to tell
+            return
         self._tell(self.reach.link_down(link.name))
         if link is self.command_link:
             self.publisher_link.drop()
@@ -466,6 +470,7 @@ class RedisLinks:
             log.error("Redis at {where} refused this node's connection: {error}", where=self.target.describe(), error=error)
         if error.startswith("READONLY"):  # a primary that Sentinel has made a replica: ask where the primary is now
             self.target.stale()
+        self._tell(self.reach.failed())
 
     def redis_lost(self) -> None:
         """A request found the registry unusable: say once that Redis is out of reach, if that is why."""

@@ -114,8 +114,10 @@ class Liveness:
         if not node.registered:
             await self._register()
         else:
-            for dead in await self._heartbeat():
-                await self._reap(dead)
+            dead = await self._heartbeat()
+            if dead and node.may_reap(self.clock.seconds()):  # not while the others may be coming back with Redis
+                for other in dead:
+                    await self._reap(other)
         # a create or join in flight is in the registry and not yet here:
         # a rebuild now would take it for stale; it waits for the next beat
         if node.registered and node.rebuild_wanted and self.links.reachable and not node.in_flight:

@@ -151,6 +151,14 @@ class JoinWaits:
         self.waiting[key] = (set(nodes), d, self.clock.callLater(timeout, late))
         return d
 
+    def release(self) -> None:
+        """The node is stopping: every join still waiting goes on now."""
+        waiting, self.waiting = self.waiting, {}
+        for _, d, call in waiting.values():
+            if call.active():
+                call.cancel()
+            d.callback(None)
+
     def acked(self, room_id: str, user: str, node: str) -> None:
         """C{node} acknowledged the join of C{user} to room C{room_id}."""
         entry = self.waiting.get((room_id, user))

@@ -128,6 +128,7 @@ class ClusterService(service.Service):
         """
         links = self.links
         self.liveness.stop()
+        self.inbound.joins.release()
         if links.outbox is not None:
             links.outbox.flush()
         if links.pending:

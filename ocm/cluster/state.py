@@ -52,6 +52,8 @@ class Node:
         self.offset = 0.0
         #: Times this node found itself fenced.
         self.fenced = 0
+        #: When Redis last became reachable to this node (None: never yet).
+        self.reached_at: float | None = None
 
     @property
     def alive(self) -> bool:
@@ -75,6 +77,19 @@ class Node:
         C{answered} (this node's clock, seconds): the offset between them.
         """
         self.offset = redis_ms / 1000.0 - (sent + answered) / 2
+
+    def reached(self, now: float) -> None:
+        """Redis became reachable to this node at C{now}."""
+        self.reached_at = now
+
+    def may_reap(self, now: float) -> bool:
+        """
+        Whether a lapsed heartbeat of another node means it is dead: not
+        within one TTL of this node reaching Redis again, when the others
+        may have been cut off from Redis as this one was (Redis itself
+        down, stopped or unreachable) and are coming back too.
+        """
+        return self.reached_at is not None and now - self.reached_at >= self.heartbeat_ttl
 
     def redis_ms(self, now: float) -> int:
         """This node's C{now} on Redis's clock, in milliseconds (batches are stamped with it)."""

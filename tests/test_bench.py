@@ -43,3 +43,12 @@ class BenchSmokeTests(unittest.TestCase):
         out = run("bench/memory.py", "--members", "200")
         match = re.search(r"200 members in 20 rooms: .* (\d+) bytes per member", out)
         self.assertIsNotNone(match, out)
+
+    def test_versus_arguments(self) -> None:
+        """The ocm-against-crelay driver checks its arguments and builds crelay (no run: that needs ocmload)."""
+        out = run("bench/versus.py", "--ocmload", sys.executable, "--runs", "0", "--servers", "crelay,crelay-mmsg,ocm,ocm-py,ocm=.")
+        self.assertIn("delivered/s", out)
+        for bad in (["--servers", "nginx"], ["--scenarios", "C"]):
+            with self.assertRaises(subprocess.CalledProcessError) as caught:
+                run("bench/versus.py", "--ocmload", sys.executable, "--runs", "0", *bad)
+            self.assertIn("unknown", caught.exception.stderr)

@@ -373,3 +373,61 @@ class History(unittest.TestCase):
         room.history_size = 0
         fill_history(room, [b"x"])
         self.assertEqual(list(room.history), [])
+
+
+class RebuildLinks(FakeLinks):
+    """The links as a rebuild uses them: scripts answered from a list."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        super().__init__()
+        self.answers = answers
+        self.reachable = True
+        self.ran: list[tuple[Any, ...]] = []
+
+    def run(self, script: str, *args: Any) -> Any:
+        from twisted.internet import defer
+
+        self.ran.append(args)
+        return defer.succeed(self.answers.pop(0))
+
+    def fire(self, d: Any) -> Any:
+        return d
+
+
+class RebuildInference(unittest.TestCase):
+    """Within one registry epoch, a rebuild infers the departures whose records this node missed."""
+
+    def rebuild(self, epochs: list[str]) -> tuple[Rooms, FakeWriter, Any]:
+        from twisted.internet import defer
+
+        from ocm.cluster.guard import StallGuard
+        from ocm.cluster.liveness import Liveness
+        from ocm.cluster.state import RoomFields
+
+        node = Node("c", 2)
+        rooms = Rooms(peers=Recording())
+        room = rooms.adopt("r", R_ID, "host", None, None)
+        rooms.remote_bound(room, "host", "a")
+        rooms.remote_bound(room, "ghost", "b")  # b was reaped while c's subscription was cut
+        me = rooms.add_member(room, "me", "127.0.0.1", 0)
+        rooms.bind(me, FakeRoute(A), 0)
+        answer = [["host", "a", "me", "c"], ["host", "a", "me", "c"], []]
+        links = RebuildLinks([[], answer] * len(epochs))
+        writer = FakeWriter()
+        inbound = Inbound(node, rooms, writer, links, Incarnations(), JoinWaits(links.clock))  # type: ignore[arg-type]
+        liveness = Liveness(node, rooms, writer, links, inbound, StallGuard(StallWatch(1), links.clock), RoomFields())  # type: ignore[arg-type]
+        for epoch in epochs:
+            node.registered_as(epoch, 1)
+            defer.ensureDeferred(liveness._rebuild())  # the step under test
+        return rooms, writer, room
+
+    def test_same_epoch_infers(self) -> None:
+        rooms, writer, room = self.rebuild(["e1", "e1"])
+        self.assertNotIn("ghost", room.remote)
+        self.assertEqual(notices(writer.sent), [({"event": "leave", "user": "ghost", "reason": "left"}, A)])
+
+    def test_first_rebuild_of_an_epoch_does_not(self) -> None:
+        """After Redis lost the registry, the others may not have rebuilt yet: no inference."""
+        rooms, writer, room = self.rebuild(["e1", "e2"])
+        self.assertIn("ghost", room.remote)
+        self.assertEqual(writer.sent, [])

@@ -53,6 +53,10 @@ class Liveness:
         self.beating = False
         self._beat: task.LoopingCall | None = None
         self._missing_since: dict[str, float] = {}
+        #: The registry epoch of the last rebuild: within one epoch the
+        #: registry is authoritative (every node rebuilt into it), so a
+        #: rebuild may infer departures told by records this node missed.
+        self._rebuilt_epoch = ""
         #: Replicas to ask about again (their host had not rebuilt them), by room id.
         self._retries: dict[str, IDelayedCall] = {}
 
@@ -223,9 +227,11 @@ class Liveness:
         held = list(self.rooms.rooms.values())
         log.info("rebuilding this node's part of the registry: {count} rooms", count=len(held))
         self.fields.keep({room.id for room in held})
+        settled = self._rebuilt_epoch == node.epoch
         try:
             self._pruned(await self.links.run(scripts.PRUNE, *[room.name for room in held]))
-            await defer.DeferredList([self._rebuild_room(room) for room in held if room.open])
+            await defer.DeferredList([self._rebuild_room(room, settled) for room in held if room.open])
+            self._rebuilt_epoch = node.epoch
         finally:
             node.rebuilding = False
 
@@ -248,7 +254,7 @@ class Liveness:
         """Ask again for a replica whose host had not rebuilt it (not a whole rebuild: only that room)."""
         self._retries.pop(room.id, None)
         if room.open and self.node.registered and self.links.reachable:
-            self.links.fire(self._rebuild_room(room))
+            self.links.fire(self._rebuild_room(room, False))
         elif room.open:
             self.node.want_rebuild()
 
@@ -266,7 +272,14 @@ class Liveness:
             "history": str(room.history_size),
         }
 
-    def _rebuild_room(self, room: Room) -> defer.Deferred[Any]:
+    def _rebuild_room(self, room: Room, settled: bool = False) -> defer.Deferred[Any]:
+        """
+        Put C{room} back (REBUILD).  If C{settled} (the registry has not
+        been lost since the last rebuild), the remote members this node
+        knew when it asked and the registry no longer has are gone: a LEFT
+        or GONE record was missed (this node's subscription was cut).
+        """
+        known = dict(room.remote)
         fields = self.room_fields(room)
         history = [] if room.replica else list(room.history)  # the host's node puts back what Redis lost
         args: list[Any] = [room.name, room.id, "0" if room.replica else "1", len(fields), *flat(fields), len(history), *history]
@@ -292,6 +305,11 @@ class Liveness:
                 if member is not None:
                     log.warn("rebuilding room {room}: {user} is out (its name is taken, or the room is full)", room=room.name, user=user)
                     sends.extend(self.rooms.remove(member, NODE_GONE))
+            if settled:
+                registered = {user for user, _ in members}
+                for user, node in known.items():
+                    if user not in registered and room.remote.get(user) == node:
+                        sends.extend(self.rooms.remote_left(room, user, "left"))
             self.writer.send_all(sends)
             if not room.open:
                 return

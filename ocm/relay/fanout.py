@@ -9,7 +9,8 @@ one loop:
    where a compiler is present: it sends to addresses packed once, when a
    member binds (L{pack_address}), the whole room in one C{sendmmsg} call
    (a C{sendto} per recipient costs 3.4 us from Python, 2.3 us from C,
-   on loopback; the one call takes another 18-30% off); where libcrypto
+   on loopback; the one call saves a system call entry per recipient,
+   0-30% of the relay's CPU as the machine goes); where libcrypto
    was found at build time, it also seals secure mode's datagrams for
    each recipient (L{native_sealed_fan_out});
  - the same loop in Python, used where the extension could not be built

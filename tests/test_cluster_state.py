@@ -15,7 +15,7 @@ from ocm.cluster import wire as cw
 from ocm import wire
 from ocm.cluster.links import FLUSH_DELAY, Outbox
 from ocm.cluster.records import JOIN_ACK_TIMEOUT, Inbound, JoinWaits
-from ocm.cluster.state import Incarnations, Node, StallWatch
+from ocm.cluster.state import Incarnations, Node, RoomFields, StallWatch
 from ocm.rooms import Peers, Rooms
 from tests.helpers import FakeRoute
 
@@ -240,7 +240,7 @@ class InboundRules(unittest.TestCase):
         self.links.clock.advance(1000)
         self.node.synchronise(1_000_000, 1000, 1000)  # Redis's clock is this node's
         self.writer = FakeWriter()
-        self.inbound = Inbound(self.node, self.rooms, self.writer, self.links, Incarnations(), JoinWaits(self.links.clock))  # type: ignore[arg-type]
+        self.inbound = Inbound(self.node, self.rooms, self.writer, self.links, Incarnations(), JoinWaits(self.links.clock), RoomFields())  # type: ignore[arg-type]
         # a replica of r, hosted on b; and s hosted here with a member on b
         self.r = self.rooms.adopt("r", R_ID, "hb", None, None)
         self.rooms.remote_bound(self.r, "hb", "b")
@@ -337,7 +337,7 @@ class JoinAcknowledgements(unittest.TestCase):
         """A MEMBER is answered with an ACK to its origin, held room or not."""
         links = FakeLinks()
         node = Node("a", 30)
-        inbound = Inbound(node, Rooms(peers=Recording()), FakeWriter(), links, Incarnations(), JoinWaits(links.clock))  # type: ignore[arg-type]
+        inbound = Inbound(node, Rooms(peers=Recording()), FakeWriter(), links, Incarnations(), JoinWaits(links.clock), RoomFields())  # type: ignore[arg-type]
         inbound.received(cw.batch_header("b", 1) + cw.record(cw.MEMBER, b"r", RID, b"j"))
         self.assertEqual(links.told, [("b", cw.record(cw.ACK, b"r", RID, b"j"))])
 
@@ -414,7 +414,7 @@ class RebuildInference(unittest.TestCase):
         answer = [["host", "a", "me", "c"], ["host", "a", "me", "c"], []]
         links = RebuildLinks([[], answer] * len(epochs))
         writer = FakeWriter()
-        inbound = Inbound(node, rooms, writer, links, Incarnations(), JoinWaits(links.clock))  # type: ignore[arg-type]
+        inbound = Inbound(node, rooms, writer, links, Incarnations(), JoinWaits(links.clock), RoomFields())  # type: ignore[arg-type]
         liveness = Liveness(node, rooms, writer, links, inbound, StallGuard(StallWatch(1), links.clock), RoomFields())  # type: ignore[arg-type]
         for epoch in epochs:
             node.registered_as(epoch, 1)

@@ -25,7 +25,7 @@ from ocm.cluster.records import NODE_GONE, Inbound
 from ocm.cluster.registry import encode_password, pairs
 from ocm.cluster.state import Node, RoomFields, flat
 from ocm.relay.protocol import Writer
-from ocm.rooms import Room, Rooms, Sends
+from ocm.rooms import Room, Rooms, Sends, governing
 
 log = Logger()
 
@@ -270,6 +270,7 @@ class Liveness:
             "capacity": "" if room.capacity is None else str(room.capacity),
             "password": encode_password(room.password),
             "history": str(room.history_size),
+            **governing.state_fields(room),
         }
 
     def _rebuild_room(self, room: Room, settled: bool = False) -> defer.Deferred[Any]:

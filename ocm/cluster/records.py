@@ -11,8 +11,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from ocm.cluster import scripts
 from ocm.cluster import wire as cw
+from ocm.cluster.governing import RuleRecords, govern, rule_body
 from ocm.cluster.links import RedisLinks
-from ocm.cluster.state import Incarnations, Node
+from ocm.cluster.state import Incarnations, Node, RoomFields
 from ocm.relay.protocol import Writer
 from ocm.rooms import MAX_HISTORY_BYTES, Member, Peers, Room, Rooms, Sends
 from twisted.logger import Logger
@@ -28,9 +29,11 @@ class Outbound(Peers):
 
     shared = True
 
-    def __init__(self, node: Node, links: RedisLinks) -> None:
+    def __init__(self, node: Node, links: RedisLinks, fields: RoomFields) -> None:
         self.node = node
         self.links = links
+        #: Every field of the rooms held here (this node's copy of the registry's).
+        self.fields = fields
         #: The last history notice of each room written to Redis (by room id).
         self._remembered: dict[str, bytes] = {}
 
@@ -98,6 +101,31 @@ class Outbound(Peers):
         """See L{Peers.emptied}."""
         self._remembered.pop(room.id, None)
         self.links.script(scripts.UNWHERE, room.name)
+
+    def governed(self, room: Room, change: dict[str, str], fields: dict[str, str]) -> None:
+        """See L{Peers.governed}: the GOVERN script keeps C{fields} and tells the other nodes."""
+        govern(self.links, self.fields, room, change, fields)
+
+    def handed(self, room: Room, user: str) -> None:
+        """
+        See L{Peers.handed}.  The registry's C{host} and C{node} name the
+        new host and its node: the room lives as long as that node has it.
+        To a member of another node, only if it is still a member there;
+        then every node, this one too, applies the record.
+        """
+        node = room.remote.get(user)
+        fields = {"host": user, "node": node or self.node.name}
+        if node is None:
+            govern(self.links, self.fields, room, {"word": "host", "user": user}, fields)
+        else:
+            govern(self.links, self.fields, room, {"word": "host", "user": user}, fields, echo=True, member=(user, node))
+
+    def private(self, room: Room, sender: str, target: str, text: str) -> None:
+        """See L{Peers.private}: one record, to the target's node only."""
+        node = room.remote.get(target)
+        if node is not None:
+            body = rule_body({"word": "private", "user": target, "from": sender, "text": text}, {})
+            self.links.tell(node, cw.record(cw.RULE, room.name_bytes, room.id.encode(), body))
 
 
 def fill_history(room: Room, notices: list[bytes]) -> None:
@@ -185,13 +213,17 @@ class Inbound:
     applied.
     """
 
-    def __init__(self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks, incarnations: Incarnations, joins: JoinWaits) -> None:
+    def __init__(
+        self, node: Node, rooms: Rooms, writer: Writer, links: RedisLinks, incarnations: Incarnations, joins: JoinWaits, fields: RoomFields
+    ) -> None:
         self.node = node
         self.rooms = rooms
         self.writer = writer
         self.links = links
         self.incarnations = incarnations
         self.joins = joins
+        #: What SPEC section 7's records do here.
+        self.rules = RuleRecords(node, rooms, links, fields)
         self.clock = links.clock
         #: Chat older than this many milliseconds is not delivered.
         self.max_age_ms = int(node.heartbeat_ttl * 1000 / 2)
@@ -204,6 +236,7 @@ class Inbound:
         try:
             origin, generation, sent_at, records = cw.parse_batch(data)
             if origin == self.node.name:
+                self._own(records)
                 return
             admitted = self.incarnations.admits(origin, generation)
             if not admitted:
@@ -227,6 +260,20 @@ class Inbound:
                         self.joins.acked(rid.decode("ascii"), body.decode("utf-8"), origin)
         except Exception:
             log.failure("a batch from another node failed")
+
+    def _own(self, records: object) -> None:
+        """
+        A batch this node's own scripts published to it too: what Redis
+        ordered for every node of a room, this one included (a host handed
+        to a member of another node; a room closed by its host's leaving).
+        """
+        rooms = self.rooms.rooms
+        me = self.node.name
+        for kind, room_name, rid, body in records:  # type: ignore[attr-defined]
+            if kind in (cw.RULE, cw.CLOSED):
+                room = rooms.get(room_name.decode("utf-8"))
+                if room is not None and room.id == rid.decode("ascii"):
+                    self._apply(me, kind, room, body)
 
     def gone(self, node: str, generation: int) -> None:
         """
@@ -264,6 +311,8 @@ class Inbound:
             writer.send_all(self.rooms.remote_closed(room, body.decode("ascii")))
         elif kind == cw.SYNC:
             self._synced(origin, room, body)
+        elif kind == cw.RULE:
+            writer.send_all(self.rules.received(origin, room, body))
 
     def sync_remote(self, room: Room, members: list[tuple[str, str]], bound: list[tuple[str, str]]) -> Sends:
         """

@@ -20,7 +20,7 @@ from ocm.cluster.records import NODE_GONE, Inbound, Outbound, fill_history
 from ocm.cluster.state import Node, RoomFields, flat
 from ocm.passwords import PasswordHash
 from ocm.relay.protocol import Writer
-from ocm.rooms import Member, Room, RoomError, Rooms
+from ocm.rooms import Member, Room, RoomError, Rooms, governing, normalise_ip
 
 log = Logger()
 
@@ -172,13 +172,21 @@ class ClusterRegistry:
             status = int(result[0])
             if status == 404:
                 raise RoomError(404, f"no room named {info.name!r}")
+            if status == 403:
+                raise RoomError(403, f"room {info.name!r} is locked" if result[1] == "locked" else f"banned from room {info.name!r}")
             if status == 409:
                 raise RoomError(409, f"username {username!r} is taken in room {info.name!r}")
             if status == 503:
                 raise RoomError(503, f"room {info.name!r} is full")
-            room = self.rooms.adopt(info.name, info.id, info.host, info.password, info.capacity, info.history)
-            if info.fields:
-                self.fields.remember(room.id, info.fields)
+            held = self.rooms.rooms.get(info.name)
+            fields = dict(pairs(result[4])) if len(result) > 4 else dict(info.fields)
+            room = self.rooms.adopt(info.name, info.id, fields.get("host", info.host), info.password, info.capacity, info.history)
+            if held is not room:
+                # new here: the state SPEC section 7 keeps, as the registry
+                # has it now (later changes come as RULE records)
+                governing.load_fields(room, fields)
+            if fields:
+                self.fields.remember(room.id, fields)
             members = pairs(result[1])
             if room.history_size:  # the room's history, as Redis keeps it for every node
                 fill_history(room, [notice.encode("utf-8", "surrogateescape") for notice in result[3]])
@@ -200,7 +208,7 @@ class ClusterRegistry:
             others = {node for _, node in members if node != self.node.name}
             return self.inbound.joins.wait(room.id, username, others).addCallback(lambda _: member)
 
-        return self._counted(self.links.run(scripts.JOIN, info.name, info.id, username)).addCallbacks(joined, self._registry_failed)
+        return self._counted(self.links.run(scripts.JOIN, info.name, info.id, username, normalise_ip(ip))).addCallbacks(joined, self._registry_failed)
 
     def set_fields(self, room: Room, fields: dict[str, str]) -> defer.Deferred[Any]:
         """

@@ -11,7 +11,9 @@ there and never by a read-then-write from a node.  The keys (docs/cluster.rst):
     ocm:alive:<node>        string, expires: the node's heartbeat
     ocm:where:<node>        set   rooms where the node has members
     ocm:rooms               hash  room name -> room id (the room index)
-    ocm:{<hex name>}:room   hash  id, host, node (the host's), capacity, password, history
+    ocm:{<hex name>}:room   hash  id, host, node (the host's), capacity, password, history,
+                                  and what SPEC section 7 governs: topic, locked, muted,
+                                  ban:name:<user>, ban:ip:<ip> (L{GOVERN})
     ocm:{<hex name>}:members hash username -> node (bound or not)
     ocm:{<hex name>}:bound  hash  username -> node (bound only)
 
@@ -224,17 +226,24 @@ redis.call('HSET', room, unpack(fields))
 return 1
 """
 
-#: ARGV: (checked), name, id, user -> {404} | {409} | {503} | {200, members,
-#: bound, history} (members and bound as flat username, node lists; history
-#: the room's list of history notices, oldest first).  The MEMBER
+#: ARGV: (checked), name, id, user, the joiner's IP (normalised) -> {404} |
+#: {403, 'locked' | 'banned'} | {409} | {503} | {200, members, bound,
+#: history, fields} (members and bound as flat username, node lists; history
+#: the room's list of history notices, oldest first; fields the room's hash,
+#: flat, as it is now: what SPEC section 7 keeps there, L{GOVERN}).  The MEMBER
 #: record is published here, to every other node with members in the room:
 #: the join is known there before the joining node even has the answer,
 #: so before the joiner's welcome.
 JOIN = CHECKED + """
 local MEMBER = 0x4D
-local name, user = ARGV[4], ARGV[6]
-local info = redis.call('HMGET', key(name, 'room'), 'id', 'capacity')
+local name, user, ip = ARGV[4], ARGV[6], ARGV[7]
+local room = key(name, 'room')
+local info = redis.call('HMGET', room, 'id', 'capacity', 'locked')
 if info[1] ~= ARGV[5] then return {404} end
+if info[3] == '1' then return {403, 'locked'} end
+if redis.call('HEXISTS', room, 'ban:name:' .. user) == 1 or redis.call('HEXISTS', room, 'ban:ip:' .. ip) == 1 then
+  return {403, 'banned'}
+end
 local members = key(name, 'members')
 if redis.call('HEXISTS', members, user) == 1 then return {409} end
 if info[2] ~= '' and redis.call('HLEN', members) >= tonumber(info[2]) then return {503} end
@@ -250,7 +259,7 @@ for i = 2, #all, 2 do
     redis.call('PUBLISH', 'ocm:node:' .. n, message)
   end
 end
-return {200, all, redis.call('HGETALL', key(name, 'bound')), redis.call('LRANGE', key(name, 'history'), 0, -1)}
+return {200, all, redis.call('HGETALL', key(name, 'bound')), redis.call('LRANGE', key(name, 'history'), 0, -1), redis.call('HGETALL', room)}
 """
 
 #: ARGV: (checked), name, id, user -> 1 if recorded as bound.
@@ -261,12 +270,65 @@ redis.call('HSET', key(ARGV[4], 'bound'), ARGV[6], me)
 return 1
 """
 
-#: ARGV: (checked), name, id, user -> 1 if removed.
+#: ARGV: (checked), name, id, user -> 1 if removed, 2 if removed and the
+#: room closed with it: the registry names that user, of this node, as the
+#: room's host (handed to it, L{GOVERN}, while this node was dropping it);
+#: every node with members there, this one too, gets a CLOSED record
+#: (host_left), published here.
 LEAVE = CHECKED + """
-if redis.call('HGET', key(ARGV[4], 'room'), 'id') ~= ARGV[5] then return 0 end
-if redis.call('HGET', key(ARGV[4], 'members'), ARGV[6]) ~= me then return 0 end
-redis.call('HDEL', key(ARGV[4], 'members'), ARGV[6])
-redis.call('HDEL', key(ARGV[4], 'bound'), ARGV[6])
+local CLOSED = 0x58
+local name, user = ARGV[4], ARGV[6]
+local room, members = key(name, 'room'), key(name, 'members')
+local info = redis.call('HMGET', room, 'id', 'host', 'node')
+if info[1] ~= ARGV[5] then return 0 end
+if redis.call('HGET', members, user) ~= me then return 0 end
+redis.call('HDEL', members, user)
+redis.call('HDEL', key(name, 'bound'), user)
+if info[2] ~= user or info[3] ~= me then return 1 end
+local message = batch(me, ARGV[3], record(CLOSED, name, ARGV[5], 'host_left'))
+local told = {}
+redis.call('PUBLISH', 'ocm:node:' .. me, message)
+told[me] = true
+for _, n in ipairs(redis.call('HVALS', members)) do
+  if not told[n] then
+    told[n] = true
+    redis.call('PUBLISH', 'ocm:node:' .. n, message)
+  end
+end
+redis.call('DEL', room, members, key(name, 'bound'), key(name, 'history'))
+redis.call('HDEL', 'ocm:rooms', name)
+return 2
+"""
+
+#: ARGV: (checked), name, id, body, echo (1/0), user, node, then field,
+#: value pairs (a value of '' deletes the field) -> 1 if done, 0 if not (the
+#: room is another one now, or USER is no longer a member on NODE, when
+#: USER is given).  A change SPEC section 7 makes to a room
+#: (L{ocm.cluster.governing}): its fields are set in the room's hash, and
+#: a RULE record with BODY is published to every other node with members
+#: in the room (and to this one too if ECHO: a change this node applies
+#: only once Redis has ordered it, a host handed to another node's member).
+#: A join is decided before or after, never between: a joining node reads
+#: the fields in JOIN's answer, or gets the record.
+GOVERN = CHECKED + """
+local RULE = 0x52
+local name, id = ARGV[4], ARGV[5]
+local room, members = key(name, 'room'), key(name, 'members')
+if redis.call('HGET', room, 'id') ~= id then return 0 end
+if ARGV[8] ~= '' and redis.call('HGET', members, ARGV[8]) ~= ARGV[9] then return 0 end
+for i = 10, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', room, ARGV[i])
+  else redis.call('HSET', room, ARGV[i], ARGV[i + 1]) end
+end
+local message = batch(me, ARGV[3], record(RULE, name, id, ARGV[6]))
+local told = {}
+if ARGV[7] ~= '1' then told[me] = true end
+for _, n in ipairs(redis.call('HVALS', members)) do
+  if not told[n] then
+    told[n] = true
+    redis.call('PUBLISH', 'ocm:node:' .. n, message)
+  end
+end
 return 1
 """
 

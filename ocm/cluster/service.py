@@ -49,7 +49,9 @@ class ClusterLinks:
     def __init__(self, address: RedisAddress, clock: Any, node: str, heartbeat_ttl: float) -> None:
         self.node = Node(node, heartbeat_ttl)
         self.links = RedisLinks(address, clock, self.node)
-        self.outbound = Outbound(self.node, self.links)
+        #: Every field of the rooms held here, for rebuilds.
+        self.fields = RoomFields()
+        self.outbound = Outbound(self.node, self.links, self.fields)
         #: Whether this process stalled: its UDP port, its sweep and its heartbeat ask it.
         self.guard = StallGuard(StallWatch(heartbeat_ttl / 2), clock)
 
@@ -87,8 +89,8 @@ class ClusterService(service.Service):
     def __init__(self, first: ClusterLinks, rooms: Rooms, writer: Writer, ports: Callable[[], tuple[int, int]]) -> None:
         self.node = first.node
         self.links = first.links
-        self.inbound = Inbound(self.node, rooms, writer, self.links, Incarnations(), JoinWaits(self.links.clock))
-        fields = RoomFields()
+        fields = first.fields
+        self.inbound = Inbound(self.node, rooms, writer, self.links, Incarnations(), JoinWaits(self.links.clock), fields)
         #: What the TCRP side asks (L{ocm.tcrp.registry.Registry}).
         self.registry = ClusterRegistry(self.node, rooms, self.links, first.outbound, self.inbound, writer, fields)
         self.liveness = Liveness(self.node, rooms, writer, self.links, self.inbound, first.guard, fields)

@@ -36,8 +36,9 @@ CLOSED = 0x58  # "X": Body = reason; the room is closed
 SYNC = 0x53  # "S": Body = Reply (1) | (Bound (1) | UserNameSize (1) | UserName)*: every member the origin has there
 GONE = 0x47  # "G": no room; Body = Generation (8) | NodeName: that generation of the node is dead (reaped, or stopped)
 ACK = 0x41  # "A": Body = username: the receiver's MEMBER record of that member was applied here
+RULE = 0x52  # "R": Body = a UTF-8 JSON object: a SPEC section 7 change (ocm.cluster.governing)
 
-KINDS = frozenset({CHAT, MEMBER, BOUND, LEFT, CLOSED, SYNC, GONE, ACK})
+KINDS = frozenset({CHAT, MEMBER, BOUND, LEFT, CLOSED, SYNC, GONE, ACK, RULE})
 
 _SIZE = struct.Struct(">H")
 #: The size of a room id on the wire (16 hex characters, ASCII).

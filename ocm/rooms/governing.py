@@ -10,6 +10,8 @@ through a table (L{ocm.relay.protocol.Relay.controls}).
 
 from __future__ import annotations
 
+import json
+
 from twisted.logger import Logger
 
 from ocm import wire
@@ -43,10 +45,13 @@ def private(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
     (mute, rate, C{too_long}).
     """
     target_name, _, text = argument.partition(" ")
-    target = member.room.members.get(target_name)
-    if target is None or target.route is None:
+    room = member.room
+    target = room.members.get(target_name)
+    # a bound member of another node is in the roster under its node
+    elsewhere = target is None and room.roster.get(target_name) is not None
+    if (target is None or target.route is None) and not elsewhere:
         return error(member, "no_such_user")
-    if member.name in member.room.muted:
+    if member.name in room.muted:
         rooms.stats.dropped["muted"] += 1
         return muted_notice(member, now)
     if not rooms.allow_message(member, now):
@@ -56,6 +61,9 @@ def private(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
     if 1 + len(notice) > wire.MAX_RELAYED:
         rooms.stats.dropped["too_long"] += 1
         return error(member, "too_long")
+    if target is None:
+        rooms.peers.private(room, member.name, target_name, text)
+        return []
     return [(notice, target)]
 
 
@@ -83,28 +91,41 @@ def ban(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
 
 
 def _remove(rooms: Rooms, member: Member, name: str, reason: str) -> Sends:
-    target = _target(member, name)
-    if target is None:
-        return error(member, "no_such_user")
     room = member.room
+    target = _target(member, name)
+    word = "ban" if reason == "banned" else "kick"
+    if target is None:
+        if name not in room.remote:
+            return error(member, "no_such_user")
+        # a member of another node: its node removes it (and, for a ban,
+        # adds the IP its token was issued to)
+        fields = {}
+        if reason == "banned":
+            room.banned_names.add(name)
+            fields = {ban_field("name", name): "1"}
+        log.info("{user} {did} {target} from room {room}", user=member.name, did=reason, target=name, room=room.name)
+        rooms.peers.governed(room, {"word": word, "user": name}, fields)
+        return []
     if reason == "banned":
         room.banned_names.add(target.name)
         room.banned_ips.add(target.ip)
+        # the other nodes refuse the name and IP before the name is free again
+        rooms.peers.governed(room, {"word": word, "user": target.name}, {ban_field("name", target.name): "1", ban_field("ip", target.ip): "1"})
     log.info("{user} {did} {target} from room {room}", user=member.name, did=reason, target=target.name, room=room.name)
     return rooms.remove(target, reason)
 
 
 def mute(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
     """C{mute USER}: its chat and private messages are not relayed; everyone gets C{muted}."""
-    return _mute(member, argument, True)
+    return _mute(rooms, member, argument, True)
 
 
 def unmute(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
     """C{unmute USER}: everyone gets C{unmuted}."""
-    return _mute(member, argument, False)
+    return _mute(rooms, member, argument, False)
 
 
-def _mute(member: Member, name: str, on: bool) -> Sends:
+def _mute(rooms: Rooms, member: Member, name: str, on: bool) -> Sends:
     room = member.room
     if name not in room.roster and name not in room.members:
         return error(member, "no_such_user")
@@ -112,8 +133,10 @@ def _mute(member: Member, name: str, on: bool) -> Sends:
         room.muted.add(name)
     else:
         room.muted.discard(name)
-    log.info("{user} {did} {target} in room {room}", user=member.name, did="muted" if on else "unmuted", target=name, room=room.name)
-    return to_all(room, wire.encode_notice("muted" if on else "unmuted", user=name))
+    word = "mute" if on else "unmute"
+    log.info("{user} {did} {target} in room {room}", user=member.name, did=word + "d", target=name, room=room.name)
+    rooms.peers.governed(room, {"word": word, "user": name}, {"muted": muted_field(room)})
+    return to_all(room, wire.encode_notice(word + "d", user=name))
 
 
 def topic(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
@@ -121,38 +144,118 @@ def topic(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
     room = member.room
     room.topic = argument
     log.info("{user} set the topic of room {room}", user=member.name, room=room.name)
-    return to_all(room, wire.encode_notice("topic", topic=argument, user=member.name))
+    rooms.peers.governed(room, {"word": "topic", "topic": argument, "user": member.name}, {"topic": argument})
+    return to_all(room, topic_notice(argument, member.name))
 
 
 def lock(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
     """C{lock}: joins are refused (403) until C{unlock}; everyone gets C{locked}."""
-    return _lock(member, True)
+    return _lock(rooms, member, True)
 
 
 def unlock(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
     """C{unlock}: everyone gets C{unlocked}."""
-    return _lock(member, False)
+    return _lock(rooms, member, False)
 
 
-def _lock(member: Member, on: bool) -> Sends:
+def _lock(rooms: Rooms, member: Member, on: bool) -> Sends:
     room = member.room
     room.locked = on
-    log.info("{user} {did} room {room}", user=member.name, did="locked" if on else "unlocked", room=room.name)
-    return to_all(room, wire.encode_notice("locked" if on else "unlocked"))
+    word = "lock" if on else "unlock"
+    log.info("{user} {did} room {room}", user=member.name, did=word + "ed", room=room.name)
+    rooms.peers.governed(room, {"word": word}, {"locked": "1" if on else ""})
+    return to_all(room, wire.encode_notice(word + "ed"))
 
 
 def hand_over(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
-    """C{host USER}: USER becomes the host (the room lives as long as it does); everyone gets C{host}."""
+    """
+    C{host USER}: USER becomes the host (the room lives as long as it does); everyone gets C{host}.
+    USER may be a bound member of another node: the cluster makes the
+    change everywhere (L{ocm.rooms.peers.Peers.handed}).
+    """
     room = member.room
     target = _target(member, argument)
     if target is None or target.route is None:
+        if target is None and room.roster.get(argument) is not None:
+            log.info("{user} hands room {room} to {target}, of another node", user=member.name, room=room.name, target=argument)
+            rooms.peers.handed(room, argument)
+            return []
         return error(member, "no_such_user")
-    member.is_host = False
-    target.is_host = True
-    room.host = target
-    room.host_name = target.name
     log.info("{user} handed room {room} to {target}", user=member.name, room=room.name, target=target.name)
-    return to_all(room, wire.encode_notice("host", user=target.name))
+    sends = new_host(room, target.name, target)
+    rooms.peers.handed(room, target.name)
+    return sends
+
+
+def new_host(room: Room, name: str, member: Member | None) -> Sends:
+    """
+    C{name} is C{room}'s host from now on: C{member}, if it is a member of
+    this node (the room lives here, not a replica), else a member of
+    another node.  Every member here gets C{host}.
+    """
+    old = room.host
+    if old is not None:
+        old.is_host = False
+    room.host = member
+    room.host_name = name
+    if member is not None:
+        member.is_host = True
+        room.replica = False
+    else:
+        room.replica = True
+    return to_all(room, wire.encode_notice("host", user=name))
+
+
+def topic_notice(topic: str, user: str) -> bytes:
+    """The C{topic} notice: C{topic} set by C{user}."""
+    return wire.encode_notice("topic", topic=topic, user=user)
+
+
+# The room's governed state as the registry of a cluster keeps it: string
+# fields of the room's hash (ocm.cluster.scripts.GOVERN), '' for none.
+
+
+def ban_field(kind: str, value: str) -> str:
+    """The field that bans a username (C{kind} C{name}) or an IP (C{ip})."""
+    return f"ban:{kind}:{value}"
+
+
+def muted_field(room: Room) -> str:
+    """The muted usernames of C{room}, as one field ('' for none)."""
+    return json.dumps(sorted(room.muted)) if room.muted else ""
+
+
+def state_fields(room: Room) -> dict[str, str]:
+    """Every field of C{room}'s governed state (for a room written whole)."""
+    fields = {"topic": room.topic, "locked": "1" if room.locked else "", "muted": muted_field(room)}
+    fields.update((ban_field("name", name), "1") for name in room.banned_names)
+    fields.update((ban_field("ip", ip), "1") for ip in room.banned_ips)
+    return fields
+
+
+def load_fields(room: Room, fields: dict[str, str]) -> None:
+    """
+    Set C{room}'s governed state from C{fields}: some of them (a change
+    another node made), or the room's whole hash (a room this node adopts).
+    Fields it does not know are left alone.
+    """
+    for name, value in fields.items():
+        if name == "topic":
+            room.topic = value
+        elif name == "locked":
+            room.locked = value == "1"
+        elif name == "muted":
+            try:
+                muted = json.loads(value) if value else []
+            except ValueError:
+                muted = []
+            room.muted = {str(n) for n in muted} if isinstance(muted, list) else set()
+        elif name.startswith("ban:name:"):
+            if value:
+                room.banned_names.add(name[len("ban:name:"):])
+        elif name.startswith("ban:ip:"):
+            if value:
+                room.banned_ips.add(name[len("ban:ip:"):])
 
 
 #: Section 7's control messages: the word, and its rule.

@@ -31,3 +31,24 @@ class Peers:
 
     def emptied(self, room: Room) -> None:
         """C{room}, a replica, has no local member left and is forgotten."""
+
+    def governed(self, room: Room, change: dict[str, str], fields: dict[str, str]) -> None:
+        """
+        The host, a member of this node, changed C{room} (SPEC section 7,
+        L{ocm.rooms.governing}): C{change} says what (C{word}, and its
+        C{user}, C{topic}...), for the other nodes to apply and tell their
+        members; C{fields} is the room's state that changed, as the
+        cluster's registry keeps it (L{state_fields}).  A kick or ban of a
+        member of another node is done there.
+        """
+
+    def handed(self, room: Room, user: str) -> None:
+        """
+        The host handed C{room} to C{user}: done here already if C{user} is
+        a member of this node; otherwise (a member of another node) nothing
+        has changed yet, and the cluster makes the change on every node,
+        this one too, in the order Redis gives it.
+        """
+
+    def private(self, room: Room, sender: str, target: str, text: str) -> None:
+        """C{sender}, of this node, sent C{text} privately to C{target}, a bound member of another node."""

@@ -1,0 +1,105 @@
+"""
+SPEC section 7 across the nodes of a cluster: the RULE records
+(L{ocm.cluster.wire.RULE}) that carry a host's change to the other nodes
+of its room, and what one does on the node that receives it
+(L{RuleRecords}).
+
+The host's node decides (L{ocm.rooms.governing}); the registry keeps the
+state that outlives a node (the room's hash: topic, lock, mutes, bans, the
+host and its node), written by the GOVERN script, which publishes the
+record in the same step, so that a node joining the room reads the state or
+gets the record, never neither.  A kick, a ban or a private message for a
+member of another node is done by that node.
+
+A record's body is a UTF-8 JSON object: C{change} (C{word}, and its
+C{user}, C{topic}, C{text}, C{from}...) and C{fields} (the room's fields
+that changed, as the registry keeps them).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.logger import Logger
+
+from ocm import wire
+from ocm.cluster import scripts
+from ocm.cluster import wire as cw
+from ocm.cluster.links import RedisLinks
+from ocm.cluster.state import Node, RoomFields, flat
+from ocm.rooms import Room, Rooms, Sends, governing
+
+log = Logger()
+
+
+def rule_body(change: dict[str, str], fields: dict[str, str]) -> bytes:
+    """The body of a RULE record."""
+    return json.dumps({"change": change, "fields": fields}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def parse_rule(body: bytes) -> tuple[dict[str, str], dict[str, str]]:
+    """(change, fields) of a RULE record's body; L{cw.ClusterWireError} if it is not one."""
+    try:
+        parsed = json.loads(body.decode("utf-8"))
+        change, fields = parsed["change"], parsed["fields"]
+        if not isinstance(change, dict) or not isinstance(fields, dict) or not isinstance(change.get("word"), str):
+            raise TypeError("not a rule")
+        return {str(k): str(v) for k, v in change.items()}, {str(k): str(v) for k, v in fields.items()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise cw.ClusterWireError(f"bad RULE record: {e}") from None
+
+
+def govern(links: RedisLinks, fields: RoomFields, room: Room, change: dict[str, str], changed: dict[str, str], echo: bool = False, member: tuple[str, str] = ("", "")) -> Any:
+    """
+    Run the GOVERN script for C{room}: C{changed} into its hash (and this
+    node's copy), the RULE record to the other nodes of the room (to this
+    one too if C{echo}); only if C{member} (user, node), when given, is
+    still a member there.
+    """
+    fields.update(room.id, changed)
+    return links.script(scripts.GOVERN, room.name, room.id, rule_body(change, changed), "1" if echo else "0", member[0], member[1], *flat(changed))
+
+
+class RuleRecords:
+    """What a RULE record does on the node that receives it."""
+
+    def __init__(self, node: Node, rooms: Rooms, links: RedisLinks, fields: RoomFields) -> None:
+        self.node = node
+        self.rooms = rooms
+        self.links = links
+        self.fields = fields
+
+    def received(self, origin: str, room: Room, body: bytes) -> Sends:
+        """Apply one RULE record from C{origin} to C{room}: the notices for this node's members."""
+        change, changed = parse_rule(body)
+        word = change["word"]
+        self.fields.update(room.id, changed)
+        governing.load_fields(room, changed)
+        user = change.get("user", "")
+        if word in ("kick", "ban"):
+            target = room.members.get(user)
+            if target is None:
+                return []
+            if word == "ban" and target.ip not in room.banned_ips:
+                # the IP its token was issued to, known only here: banned
+                # everywhere before its name is free again
+                room.banned_ips.add(target.ip)
+                ip = {governing.ban_field("ip", target.ip): "1"}
+                govern(self.links, self.fields, room, {"word": "banip"}, ip)
+            log.info("{user} {did} from room {room} by its host, of node {origin}", user=user, did="kicked" if word == "kick" else "banned", room=room.name, origin=origin)
+            return self.rooms.remove(target, "kicked" if word == "kick" else "banned")
+        if word in ("mute", "unmute"):
+            return governing.to_all(room, wire.encode_notice(word + "d", user=user))
+        if word == "topic":
+            return governing.to_all(room, governing.topic_notice(change.get("topic", ""), user))
+        if word in ("lock", "unlock"):
+            return governing.to_all(room, wire.encode_notice(word + "ed"))
+        if word == "host":
+            return governing.new_host(room, user, room.members.get(user))
+        if word == "private":
+            target = room.members.get(user)
+            if target is None or target.route is None:
+                return []  # gone since its node was asked
+            return [(wire.encode_notice("private", user=change.get("from", ""), text=change.get("text", "")), target)]
+        return []  # banip: the fields alone; or a newer node's word

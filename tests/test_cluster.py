@@ -44,8 +44,8 @@ class Node:
 class Member(EndToEndMember):
     """A test client of one node: a token and a UDP socket of its own."""
 
-    def __init__(self, case: unittest.TestCase, udp_port: int, room: str, name: str, token: bytes) -> None:
-        super().__init__(case, room, name, token, "127.0.0.1", udp_port)
+    def __init__(self, case: unittest.TestCase, udp_port: int, room: str, name: str, token: bytes, source: str = "127.0.0.1") -> None:
+        super().__init__(case, room, name, token, source, udp_port)
 
     def chats(self) -> list[tuple[str, str]]:
         return self.peer.chats()
@@ -75,15 +75,15 @@ class ClusterCase(unittest.TestCase):
             self.addCleanup(node.stop)
         await wait_until(lambda: all(n.cluster.ready for n in self.nodes.values()), 10, "every node ready")
 
-    async def request(self, node: str, operation: int, room: str, **payload: Any) -> tuple[dict[str, Any], list[wire.Frame]]:
-        frames = await tcrp(self.nodes[node].tcp_port, operation, room, payload)
+    async def request(self, node: str, operation: int, room: str, source: str = "127.0.0.1", **payload: Any) -> tuple[dict[str, Any], list[wire.Frame]]:
+        frames = await tcrp(self.nodes[node].tcp_port, operation, room, payload, source=source)
         return status_of(frames), frames
 
-    async def member(self, node: str, operation: int, room: str, name: str, hello: bool = True, **payload: Any) -> Member:
-        body, frames = await self.request(node, operation, room, username=name, **payload)
+    async def member(self, node: str, operation: int, room: str, name: str, hello: bool = True, source: str = "127.0.0.1", **payload: Any) -> Member:
+        body, frames = await self.request(node, operation, room, source=source, username=name, **payload)
         self.assertEqual(body["status"], 200, body)
         self.assertEqual(body["udp_port"], self.nodes[node].udp_port)
-        m = Member(self, self.nodes[node].udp_port, room, name, frames[1].payload)
+        m = Member(self, self.nodes[node].udp_port, room, name, frames[1].payload, source)
         if hello:
             await m.hello()
         return m

@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 from ocm.cluster import wire as cw
 from ocm import wire
+from ocm.cluster.governing import rule_body
 from ocm.cluster.links import FLUSH_DELAY, Outbox
 from ocm.cluster.records import JOIN_ACK_TIMEOUT, Inbound, JoinWaits
 from ocm.cluster.state import Incarnations, Node, RoomFields, StallWatch
@@ -290,6 +291,50 @@ class InboundRules(unittest.TestCase):
         self.assertEqual(self.writer.delivered, [])
         self.assertIn("r", self.rooms.rooms)
         self.assertTrue(self.r.open)
+
+    def rule(self, room: bytes, rid: str, change: dict[str, str], fields: dict[str, str] | None = None) -> bytes:
+        return cw.record(cw.RULE, room, rid.encode(), rule_body(change, fields or {}))
+
+    def test_bad_rule_dropped_rest_of_batch_applied(self) -> None:
+        """A RULE record that is not JSON, or not a rule, is dropped; the batch's other records still apply."""
+        rid = R_ID.encode()
+        for body in (b"\xff not json", b"[]", b'{"change": {"word": 3}, "fields": {}}', b'{"change": {}}'):
+            self.inbound.received(self.batch("b", 1, cw.record(cw.RULE, b"r", rid, body), cw.record(cw.CHAT, b"r", rid, b"\x02hbhi")))
+        self.assertEqual(self.writer.delivered, [("r", b"\x02hbhi")] * 4)
+        self.assertTrue(self.r.open)
+
+    def test_rules_here(self) -> None:
+        """mute, topic, lock and host from the host's node: the state, the notices, this node's copy of the fields."""
+        self.inbound.received(self.batch("b", 1, self.rule(b"r", R_ID, {"word": "mute", "user": "me"}, {"muted": '["me"]'})))
+        self.inbound.received(self.batch("b", 1, self.rule(b"r", R_ID, {"word": "topic", "topic": "tea", "user": "hb"}, {"topic": "tea"})))
+        self.inbound.received(self.batch("b", 1, self.rule(b"r", R_ID, {"word": "lock"}, {"locked": "1"})))
+        self.assertEqual((self.r.muted, self.r.topic, self.r.locked), ({"me"}, "tea", True))
+        self.assertEqual(
+            [n for n, _ in notices(self.writer.sent)],
+            [{"event": "muted", "user": "me"}, {"event": "topic", "topic": "tea", "user": "hb"}, {"event": "locked"}],
+        )
+        self.assertEqual(self.inbound.rules.fields.of(R_ID), {"muted": '["me"]', "topic": "tea", "locked": "1"})
+        # handed to this node's member: the room lives here now
+        self.writer.sent.clear()
+        self.inbound.received(self.batch("b", 1, self.rule(b"r", R_ID, {"word": "host", "user": "me"}, {"host": "me", "node": "a"})))
+        self.assertIs(self.r.host, self.me)
+        self.assertTrue(self.me.is_host)
+        self.assertFalse(self.r.replica)
+        self.assertEqual(notices(self.writer.sent), [({"event": "host", "user": "me"}, A)])
+
+    def test_private_to_this_node(self) -> None:
+        """A private message for a bound member here: to it alone; for one not here: nothing."""
+        self.inbound.received(self.batch("b", 1, self.rule(b"r", R_ID, {"word": "private", "user": "me", "from": "hb", "text": "psst"})))
+        self.inbound.received(self.batch("b", 1, self.rule(b"r", R_ID, {"word": "private", "user": "nobody", "from": "hb", "text": "x"})))
+        self.assertEqual(notices(self.writer.sent), [({"event": "private", "user": "hb", "text": "psst"}, A)])
+
+    def test_own_batch_rules_and_closed_only(self) -> None:
+        """A batch this node's own script published to it: RULE and CLOSED apply, nothing else."""
+        sid = S_ID.encode()
+        self.inbound.received(self.batch("a", 1, cw.record(cw.MEMBER, b"s", sid, b"ghost"), cw.record(cw.CHAT, b"s", sid, b"\x02gbhi")))
+        self.assertEqual((self.writer.delivered, self.host.room.remote), ([], {"gb": "b"}))
+        self.inbound.received(self.batch("a", 1, cw.record(cw.CLOSED, b"s", sid, b"host_left")))
+        self.assertNotIn("s", self.rooms.rooms)
 
     def test_evict(self) -> None:
         """A fenced node's replica: its members get disconnected/unreachable, nothing else is told."""

@@ -69,10 +69,17 @@ class RuleRecords:
         self.rooms = rooms
         self.links = links
         self.fields = fields
+        #: RULE records dropped: not parsed.
+        self.bad = 0
 
     def received(self, origin: str, room: Room, body: bytes) -> Sends:
-        """Apply one RULE record from C{origin} to C{room}: the notices for this node's members."""
-        change, changed = parse_rule(body)
+        """Apply one RULE record from C{origin} to C{room}: the notices for this node's members (a bad record is logged and dropped)."""
+        try:
+            change, changed = parse_rule(body)
+        except cw.ClusterWireError as e:
+            self.bad += 1
+            log.warn("dropped a RULE record from node {origin}: {error}", origin=origin, error=str(e))
+            return []
         word = change["word"]
         self.fields.update(room.id, changed)
         governing.load_fields(room, changed)

@@ -36,6 +36,9 @@ class ClusterGauges(Protocol):
     def ready(self) -> bool:
         """Whether the node takes room requests."""
 
+    def dropped_records(self) -> dict[str, int]:
+        """Records from other nodes dropped, by why (L{ocm.cluster.records.Inbound})."""
+
 
 class ConnectionCounts(Protocol):
     """What the metrics read of the relay (L{ocm.relay.protocol.Relay})."""
@@ -105,6 +108,14 @@ class OcmCollector:
             batches.add_metric(["sent"], outbox.sent if outbox is not None else 0)
             batches.add_metric(["dropped"], outbox.dropped if outbox is not None else 0)
             yield batches
+            dropped = CounterMetricFamily(
+                "ocm_cluster_records_dropped",
+                "Records from other nodes dropped: whole batches of a generation known dead (fenced), chat older than half the timeout (stale), RULE records that did not parse (bad).",
+                labels=["reason"],
+            )
+            for reason, count in sorted(cluster.dropped_records().items()):
+                dropped.add_metric([reason], count)
+            yield dropped
             yield GaugeMetricFamily("ocm_cluster_ready", "1 while Redis is reachable and this node takes room requests.", value=1 if cluster.ready else 0)
         if self.lobby is not None:
             yield CounterMetricFamily("ocm_lobby_datagrams_received", "Datagrams received on the lobby port.", value=s.lobby_received)

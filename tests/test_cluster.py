@@ -124,6 +124,7 @@ class ClusterChat(ClusterCase):
         families = {m.name: m for m in OcmCollector(self.nodes["a"].rooms.stats, self.nodes["a"].rooms, cluster=self.nodes["a"].cluster).collect()}
         self.assertEqual(families["ocm_cluster_ready"].samples[0].value, 1)
         self.assertIn("ocm_cluster_batches", families)
+        self.assertEqual({s.labels["reason"]: s.value for s in families["ocm_cluster_records_dropped"].samples}, {"fenced": 0, "stale": 0, "bad": 0})
         dump = self.redis.command("HGETALL", "ocm:{" + "部屋".encode().hex() + "}:room")
         from ocm.passwords import default_scheme
 

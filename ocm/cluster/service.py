@@ -102,6 +102,11 @@ class ClusterService(service.Service):
         """Whether the node takes room requests: Redis reachable (L{RedisLinks.ready}), no rebuild running."""
         return self.links.ready and not self.node.rebuilding
 
+    def dropped_records(self) -> dict[str, int]:
+        """Records from other nodes dropped, by why (for the metrics)."""
+        inbound = self.inbound
+        return {"fenced": inbound.fenced_batches, "stale": inbound.stale_chat, "bad": inbound.rules.bad}
+
     @property
     def outbox(self) -> Any:
         """The batches to other nodes (for the metrics)."""

@@ -76,7 +76,7 @@ class Options(usage.Options):
         ["metrics", None, None, "TCP port for Prometheus metrics at /metrics (off unless given).", usage.portCoerce],
         ["metrics-interface", None, "127.0.0.1", "Address the metrics port listens on."],
         ["max-connections-per-ip", None, 100, "Open TCRP connections one IP may hold (429 beyond).", positive_int],
-        ["redis", None, None, "Share the rooms with other nodes through this Redis (redis://host[:port][/db]; off unless given)."],
+        ["redis", None, None, "Share the rooms with other nodes through this Redis (redis://[:password@]host[:port][/db], rediss:// for TLS, or redis+sentinel://host[:port],.../master[/db]; off unless given)."],
         ["node", None, "", "This node's name in the cluster, unique (default: host name and ports)."],
         ["redis-ca", None, None, "With a rediss:// URL: trust Redis's certificate if this PEM CA signed it (default: the system's store)."],
         ["tls-cert", None, None, "Secure mode: PEM certificate (then any chain) for TLS on the TCRP port; chat datagrams are sealed."],

@@ -13,6 +13,8 @@ from typing import Any
 
 from ocm import wire
 from ocm.cluster import scripts
+from ocm.cluster.governing import rule_body
+from ocm.cluster.state import flat
 from tests.test_cluster import ClusterCase, Member
 from tests.helpers import free_port, sleep, spawn_twistd, status_of, tcrp, wait_until
 
@@ -32,6 +34,8 @@ class ClusterGoverning(ClusterCase):
     async def test_private_across_nodes(self) -> None:
         """msg reaches a member of another node alone, both ways; a muted member's private messages are not relayed."""
         host, bob, carol = await self.room("r", "abc")
+        command(bob, "ping")
+        await wait_until(lambda: events(bob, "pong"), 5, "pong")
         command(host, "msg guest1 psst, bob")
         await wait_until(lambda: events(bob, "private"), 5, "private on b")
         self.assertEqual(events(bob, "private"), [{"event": "private", "user": "host", "text": "psst, bob"}])
@@ -194,6 +198,41 @@ class ClusterGoverning(ClusterCase):
         self.assertEqual(events(carol, "closed"), [{"event": "closed", "reason": "host_left"}])
         await wait_until(lambda: all("r" not in n.rooms.rooms for n in self.nodes.values()), 5, "room gone everywhere")
         self.assertEqual(self.redis.command("EXISTS", room_key), b":0\r\n")
+
+
+    async def test_handed_to_a_member_leaving_meanwhile(self) -> None:
+        """
+        The registry hands the room to bob (govern) just before bob's node
+        records bob's leave: leave closes the room, every node (bob's too)
+        is told closed/host_left, and the name is free.  (The two scripts
+        are run here directly, in that order, as the race would run them.)
+        """
+        host, bob, carol = await self.room("r", "abc")
+        room = self.nodes["a"].rooms.rooms["r"]
+        fields = {"host": "guest1", "node": "b"}
+        body = rule_body({"word": "host", "user": "guest1"}, fields)
+        done = await self.nodes["a"].cluster.links.run(scripts.GOVERN, "r", room.id, body, "1", "guest1", "b", *flat(fields))
+        self.assertEqual(done, 1)
+        left = await self.nodes["b"].cluster.links.run(scripts.LEAVE, "r", room.id, "guest1")
+        self.assertEqual(left, 2)
+        for m in (host, bob, carol):
+            await wait_until(lambda m=m: events(m, "closed"), 5, "closed")
+            self.assertEqual(events(m, "closed"), [{"event": "closed", "reason": "host_left"}])
+        await wait_until(lambda: all("r" not in n.rooms.rooms for n in self.nodes.values()), 5, "room gone everywhere")
+        body_, _ = await self.request("c", 1, "r", username="new")
+        self.assertEqual(body_["status"], 200)
+
+    async def test_handed_to_a_member_already_gone(self) -> None:
+        """govern refuses a host whose member is no longer on that node: nothing changes, nobody is told."""
+        host, bob = await self.room("r", "ab")
+        room = self.nodes["a"].rooms.rooms["r"]
+        fields = {"host": "guest1", "node": "c"}
+        body = rule_body({"word": "host", "user": "guest1"}, fields)
+        done = await self.nodes["a"].cluster.links.run(scripts.GOVERN, "r", room.id, body, "1", "guest1", "c", *flat(fields))
+        self.assertEqual(done, 0)
+        self.assertEqual(self.redis.command("HMGET", scripts.room_key("r", "room"), "host", "node"), b"*2\r\n$4\r\nhost\r\n$1\r\na\r\n")
+        await sleep(0.2)
+        self.assertEqual(events(host, "host") + events(bob, "host"), [])
 
 
 class ClusterGoverningFailures(ClusterCase):

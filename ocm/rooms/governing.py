@@ -127,7 +127,7 @@ def unmute(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
 
 def _mute(rooms: Rooms, member: Member, name: str, on: bool) -> Sends:
     room = member.room
-    if name not in room.roster and name not in room.members:
+    if name not in room.roster and name not in room.members and name not in room.remote:
         return error(member, "no_such_user")
     if on:
         room.muted.add(name)

@@ -222,6 +222,17 @@ class ClusterGoverning(ClusterCase):
         body_, _ = await self.request("c", 1, "r", username="new")
         self.assertEqual(body_["status"], 200)
 
+    async def test_rebuild_reads_the_governed_state(self) -> None:
+        """A replica's rebuild takes the governed state from the registry (a change whose record went to the nodes registered then)."""
+        host, bob = await self.room("r", "ab")
+        key = scripts.room_key("r", "room")
+        self.redis.command("HSET", key, "topic", "set while b was away", "locked", "1", "muted", '["guest1"]', "ban:name:eve", "1")
+        b = self.nodes["b"]
+        room = b.rooms.rooms["r"]
+        await b.cluster.liveness._rebuild_room(room)
+        self.assertEqual((room.topic, room.locked, room.muted, room.banned_names), ("set while b was away", True, {"guest1"}, {"eve"}))
+        self.assertEqual(b.cluster.liveness.room_fields(room)["topic"], "set while b was away")
+
     async def test_handed_to_a_member_already_gone(self) -> None:
         """govern refuses a host whose member is no longer on that node: nothing changes, nobody is told."""
         host, bob = await self.room("r", "ab")
@@ -236,9 +247,53 @@ class ClusterGoverning(ClusterCase):
 
 
 class ClusterGoverningFailures(ClusterCase):
-    """The room's lifetime follows its host to another node."""
+    """The room's lifetime follows its host to another node; the governed state outlives Redis."""
 
     node_args = ["--timeout", "2"]
+
+    async def test_governed_state_survives_redis_restarted_empty(self) -> None:
+        """Bans, the lock, the topic and mutes set before Redis restarted empty hold after the rebuild, on every node."""
+        host = await self.member("a", 1, "r", "host")
+        bob = await self.member("b", 2, "r", "bob", source="127.0.0.2")
+        carol = await self.member("c", 2, "r", "carol")
+        await wait_until(lambda: {e["user"] for e in events(host, "join")} == {"bob", "carol"}, 5, "joins")
+        for text in ("ban bob", "mute carol", "topic tea", "lock"):
+            command(host, text)
+        await wait_until(lambda: events(carol, "locked"), 5, "locked")
+        await wait_until(lambda: self.redis.command("HEXISTS", scripts.room_key("r", "room"), "ban:ip:127.0.0.2") == b":1\r\n", 5, "ip ban")
+        self.redis.stop()
+        for _ in range(10):
+            host.send(b"")
+            carol.send(b"")
+            await sleep(0.1)
+        self.redis.start()
+        for _ in range(100):
+            host.send(b"")
+            carol.send(b"")
+            if all(n.cluster.ready for n in self.nodes.values()) and self.redis.command("HGET", scripts.room_key("r", "room"), "topic") == b"$3\r\ntea\r\n":
+                break
+            await sleep(0.1)
+        else:
+            raise AssertionError("r was not rebuilt")
+        body, _ = await self.request("b", 2, "r", username="dave")
+        self.assertEqual(body["status"], 403)
+        for _ in range(50):  # every node has put its members back
+            host.send(b"")
+            carol.send(b"")
+            if self.redis.command("HLEN", scripts.room_key("r", "members")) == b":2\r\n":
+                break
+            await sleep(0.1)
+        command(host, "unlock")
+        await wait_until(lambda: events(carol, "unlocked"), 5, "unlocked")
+        for node, name, source in (("b", "bob", "127.0.0.1"), ("c", "bob2", "127.0.0.2")):
+            body, _ = await self.request(node, 2, "r", source=source, username=name)
+            self.assertEqual(body["status"], 403, (node, name))
+        dave = await self.member("b", 2, "r", "dave")
+        self.assertEqual(events(dave, "welcome")[0]["topic"], "tea")
+        dave.send(wire.WHO)
+        await wait_until(lambda: events(dave, "members"), 5, "members")
+        self.assertEqual(events(dave, "members")[0]["muted"], ["carol"])
+        del bob
 
     async def test_new_hosts_node_killed(self) -> None:
         """A room handed to a member of node d closes when d is SIGKILLed (its reaper), though the old host's node lives."""

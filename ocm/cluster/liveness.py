@@ -299,6 +299,13 @@ class Liveness:
                 return
             self._missing_since.pop(room.id, None)
             members, bound, refused = pairs(result[0]), pairs(result[1]), list(result[2])
+            if room.replica and len(result) > 3:
+                # the governed state as the host's node has put it back, with
+                # any change made while this node was away (its RULE record
+                # went to the nodes registered then)
+                fields = dict(pairs(result[3]))
+                governing.load_fields(room, fields)
+                self.fields.remember(room.id, fields)
             sends: Sends = []
             for user in refused:
                 # another node holds the name now, or the room is full: it is out

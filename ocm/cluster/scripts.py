@@ -359,8 +359,9 @@ return 1
 #: as a join is checked: a username another node holds now, or one more
 #: member than the capacity, is refused (the node tells that member it is
 #: out).  Drops its stale members.  -> 0 if the room is gone, -1 if it is
-#: another room now (close it locally), else {members, bound, refused}
-#: (members and bound as in JOIN, refused a list of usernames).  A host
+#: another room now (close it locally), else {members, bound, refused,
+#: fields} (members and bound as in JOIN, refused a list of usernames,
+#: fields the room's hash as it is now).  A host
 #: node recreates a room that Redis lost with every field it had, and its
 #: history as the host's node kept it.
 REBUILD = CHECKED + """
@@ -409,7 +410,7 @@ for _, user in ipairs(order) do
   end
 end
 redis.call('SADD', 'ocm:where:' .. me, name)
-return {redis.call('HGETALL', members), redis.call('HGETALL', bound), refused}
+return {redis.call('HGETALL', members), redis.call('HGETALL', bound), refused, redis.call('HGETALL', room)}
 """
 
 #: -> flat list: name, capacity, protected (1/0), members, per room.

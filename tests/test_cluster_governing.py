@@ -211,7 +211,7 @@ class ClusterGoverning(ClusterCase):
         room = self.nodes["a"].rooms.rooms["r"]
         fields = {"host": "guest1", "node": "b"}
         body = rule_body({"word": "host", "user": "guest1"}, fields)
-        done = await self.nodes["a"].cluster.links.run(scripts.GOVERN, "r", room.id, body, "1", "guest1", "b", *flat(fields))
+        done = await self.nodes["a"].cluster.links.run(scripts.GOVERN, "r", room.id, body, "1", "guest1", "b", "host", "", "", *flat(fields))
         self.assertEqual(done, 1)
         left = await self.nodes["b"].cluster.links.run(scripts.LEAVE, "r", room.id, "guest1")
         self.assertEqual(left, 2)
@@ -234,16 +234,75 @@ class ClusterGoverning(ClusterCase):
         self.assertEqual(b.cluster.liveness.room_fields(room)["topic"], "set while b was away")
 
     async def test_handed_to_a_member_already_gone(self) -> None:
-        """govern refuses a host whose member is no longer on that node: nothing changes, nobody is told."""
-        host, bob = await self.room("r", "ab")
+        """
+        host USER when USER has just left its node (the registry has it
+        gone, this node not yet): nothing changes anywhere, the host is
+        told no_such_user and still governs; this node's copy of the
+        fields keeps the host.
+        """
+        host, bob, carol = await self.room("r", "abc")
         room = self.nodes["a"].rooms.rooms["r"]
-        fields = {"host": "guest1", "node": "c"}
-        body = rule_body({"word": "host", "user": "guest1"}, fields)
-        done = await self.nodes["a"].cluster.links.run(scripts.GOVERN, "r", room.id, body, "1", "guest1", "c", *flat(fields))
-        self.assertEqual(done, 0)
+        self.assertEqual(await self.nodes["b"].cluster.links.run(scripts.LEAVE, "r", room.id, "guest1"), 1)
+        command(host, "host guest1")
+        await wait_until(lambda: events(host, "error"), 5, "error")
+        self.assertEqual(events(host, "error"), [{"event": "error", "code": "no_such_user"}])
         self.assertEqual(self.redis.command("HMGET", scripts.room_key("r", "room"), "host", "node"), b"*2\r\n$4\r\nhost\r\n$1\r\na\r\n")
-        await sleep(0.2)
-        self.assertEqual(events(host, "host") + events(bob, "host"), [])
+        self.assertEqual(self.nodes["a"].cluster.liveness.room_fields(room)["host"], "host")
+        self.assertEqual(events(host, "host") + events(bob, "host") + events(carol, "host"), [])
+        command(host, "topic still mine")
+        await wait_until(lambda: events(carol, "topic"), 5, "topic")
+        self.assertEqual(events(carol, "topic"), [{"event": "topic", "topic": "still mine", "user": "host"}])
+
+    async def test_two_handovers_in_a_row(self) -> None:
+        """
+        host USER (another node's), then at once host OTHER: the old host
+        is no longer the host once it has handed the room over; every node
+        agrees on USER.
+        """
+        host, bob, carol = await self.room("r", "abc")
+        dave = await self.member("a", 2, "r", "dave")
+        await wait_until(lambda: all(any(e["user"] == "dave" for e in events(m, "join")) for m in (host, bob, carol)), 5, "dave known")
+        command(host, "host guest1")
+        command(host, "host dave")
+        command(host, "kick guest1")
+        for m in (host, bob, carol, dave):
+            await wait_until(lambda m=m: events(m, "host"), 5, "host")
+        await sleep(0.3)
+        for m in (host, bob, carol, dave):
+            self.assertEqual(events(m, "host"), [{"event": "host", "user": "guest1"}], m.name)
+        self.assertEqual([e["code"] for e in events(host, "error")], ["not_host", "not_host"])
+        self.assertEqual(events(bob, "disconnected"), [])
+        for name, node in self.nodes.items():
+            self.assertEqual(node.rooms.rooms["r"].host_name, "guest1", name)
+        self.assertIs(self.nodes["b"].rooms.rooms["r"].host, self.nodes["b"].rooms.rooms["r"].members["guest1"])
+        self.assertEqual(self.redis.command("HMGET", scripts.room_key("r", "room"), "host", "node"), b"*2\r\n$6\r\nguest1\r\n$1\r\nb\r\n")
+
+    async def test_old_host_leaves_at_once(self) -> None:
+        """host USER (another node's), then the old host leaves at once: the room lives on with USER."""
+        host, bob, carol = await self.room("r", "abc")
+        command(host, "host guest1")
+        host.send(wire.LEAVE)
+        await wait_until(lambda: events(carol, "leave"), 5, "leave")
+        await wait_until(lambda: events(carol, "host"), 5, "host")
+        await sleep(0.3)
+        self.assertEqual(events(carol, "closed") + events(bob, "closed"), [])
+        self.assertEqual(events(carol, "leave"), [{"event": "leave", "user": "host", "reason": "left"}])
+        self.assertEqual(self.redis.command("HMGET", scripts.room_key("r", "room"), "host", "node"), b"*2\r\n$6\r\nguest1\r\n$1\r\nb\r\n")
+        bob.send(wire.LEAVE)
+        await wait_until(lambda: events(carol, "closed"), 5, "closed with its new host")
+
+    async def test_ban_of_a_member_whose_node_does_nothing(self) -> None:
+        """The ban's IP is the registry's (recorded at join), banned with the name in one step, whatever the member's node does."""
+        host = await self.member("a", 1, "r", "host")
+        bob = await self.member("b", 2, "r", "bob", source="127.0.0.2")
+        await wait_until(lambda: events(host, "join"), 5, "join")
+        self.nodes["b"].cluster.inbound.rules.received = lambda *args: []  # b is deaf to RULE records
+        command(host, "ban bob")
+        key = scripts.room_key("r", "room")
+        await wait_until(lambda: self.redis.command("HEXISTS", key, "ban:ip:127.0.0.2") == b":1\r\n", 5, "the IP banned")
+        body, _ = await self.request("c", 2, "r", source="127.0.0.2", username="someone")
+        self.assertEqual(body["status"], 403)
+        del bob
 
 
 class ClusterGoverningFailures(ClusterCase):

@@ -328,6 +328,14 @@ class InboundRules(unittest.TestCase):
         self.inbound.received(self.batch("b", 1, self.rule(b"r", R_ID, {"word": "private", "user": "nobody", "from": "hb", "text": "x"})))
         self.assertEqual(notices(self.writer.sent), [({"event": "private", "user": "hb", "text": "psst"}, A)])
 
+    def test_old_private_dropped(self) -> None:
+        """A private message older than half the member timeout is dropped, as old chat is; a governing change is applied however old."""
+        old = 1_000_000 - 1_500
+        self.inbound.received(self.batch("b", 1, self.rule(b"r", R_ID, {"word": "private", "user": "me", "from": "hb", "text": "late"}), sent_at=old))
+        self.inbound.received(self.batch("b", 1, self.rule(b"r", R_ID, {"word": "lock"}, {"locked": "1"}), sent_at=old))
+        self.assertEqual(notices(self.writer.sent), [({"event": "locked"}, A)])
+        self.assertEqual(self.inbound.rules.stale, 1)
+
     def test_own_batch_rules_and_closed_only(self) -> None:
         """A batch this node's own script published to it: RULE and CLOSED apply, nothing else."""
         sid = S_ID.encode()

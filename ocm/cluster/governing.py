@@ -50,15 +50,48 @@ def parse_rule(body: bytes) -> tuple[dict[str, str], dict[str, str]]:
         raise cw.ClusterWireError(f"bad RULE record: {e}") from None
 
 
-def govern(links: RedisLinks, fields: RoomFields, room: Room, change: dict[str, str], changed: dict[str, str], echo: bool = False, member: tuple[str, str] = ("", "")) -> Any:
+def govern(
+    links: RedisLinks,
+    fields: RoomFields,
+    room: Room,
+    change: dict[str, str],
+    changed: dict[str, str],
+    commander: str = "",
+    echo: bool = False,
+    member: tuple[str, str] = ("", ""),
+    refused: dict[str, str] | None = None,
+) -> Any:
     """
-    Run the GOVERN script for C{room}: C{changed} into its hash (and this
-    node's copy), the RULE record to the other nodes of the room (to this
-    one too if C{echo}); only if C{member} (user, node), when given, is
-    still a member there.
+    Run the GOVERN script for C{room}: C{changed} into its hash, the RULE
+    record to the other nodes of the room (to this one too if C{echo});
+    only if the registry names C{commander}, when given, of this node, as
+    the host, and C{member} (user, node), when given, is still a member
+    there; else the C{refused} change comes back to this node alone.  A
+    ban (C{change}'s word) bans the member's IP as its join recorded it.
+
+    This node's copy of the fields takes the change now (a rebuild writes
+    it back if Redis loses it), unless it waits for the echo.
     """
-    fields.update(room.id, changed)
-    return links.script(scripts.GOVERN, room.name, room.id, rule_body(change, changed), "1" if echo else "0", member[0], member[1], *flat(changed))
+    banned = change["user"] if change["word"] == "ban" else ""
+    if not echo:
+        fields.update(room.id, changed)
+    d = links.script(
+        scripts.GOVERN, room.name, room.id, rule_body(change, changed), "1" if echo else "0", member[0], member[1],
+        commander, rule_body(refused, {}) if refused else "", banned, *flat(changed),
+    )
+
+    def done(result: Any) -> Any:
+        if banned and isinstance(result, (str, bytes)) and result:
+            ip = result if isinstance(result, str) else result.decode("utf-8", "replace")
+            room.banned_ips.add(ip)
+            # the other nodes' copies too (any of them may host the room
+            # one day, and put its hash back after Redis lost it)
+            govern(links, fields, room, {"word": "banip"}, {governing.ban_field("ip", ip): "1"}, commander=commander)
+        elif result == 0 and not echo:
+            log.warn("room {room}: the registry refused {word} from this node (its host has moved)", room=room.name, word=change["word"])
+        return result
+
+    return d.addCallback(done)
 
 
 class RuleRecords:
@@ -69,11 +102,17 @@ class RuleRecords:
         self.rooms = rooms
         self.links = links
         self.fields = fields
-        #: RULE records dropped: not parsed.
+        #: RULE records dropped: not parsed; private messages too old.
         self.bad = 0
+        self.stale = 0
 
-    def received(self, origin: str, room: Room, body: bytes) -> Sends:
-        """Apply one RULE record from C{origin} to C{room}: the notices for this node's members (a bad record is logged and dropped)."""
+    def received(self, origin: str, room: Room, body: bytes, fresh: bool = True) -> Sends:
+        """
+        Apply one RULE record from C{origin} to C{room}: the notices for
+        this node's members (a bad record is logged and dropped; a private
+        message that is not C{fresh}, older than half the member timeout,
+        is dropped as old chat is).
+        """
         try:
             change, changed = parse_rule(body)
         except cw.ClusterWireError as e:
@@ -81,6 +120,9 @@ class RuleRecords:
             log.warn("dropped a RULE record from node {origin}: {error}", origin=origin, error=str(e))
             return []
         word = change["word"]
+        if word == "private" and not fresh:
+            self.stale += 1
+            return []
         self.fields.update(room.id, changed)
         governing.load_fields(room, changed)
         user = change.get("user", "")
@@ -88,12 +130,9 @@ class RuleRecords:
             target = room.members.get(user)
             if target is None:
                 return []
-            if word == "ban" and target.ip not in room.banned_ips:
-                # the IP its token was issued to, known only here: banned
-                # everywhere before its name is free again
+            if word == "ban":  # the registry banned its IP with its name
                 room.banned_ips.add(target.ip)
-                ip = {governing.ban_field("ip", target.ip): "1"}
-                govern(self.links, self.fields, room, {"word": "banip"}, ip)
+                self.fields.update(room.id, {governing.ban_field("ip", target.ip): "1"})
             log.info("{user} {did} from room {room} by its host, of node {origin}", user=user, did="kicked" if word == "kick" else "banned", room=room.name, origin=origin)
             return self.rooms.remove(target, "kicked" if word == "kick" else "banned")
         if word in ("mute", "unmute"):
@@ -104,6 +143,16 @@ class RuleRecords:
             return governing.to_all(room, wire.encode_notice(word + "ed"))
         if word == "host":
             return governing.new_host(room, user, room.members.get(user))
+        if word == "unhanded" and origin == self.node.name:
+            # this node's handover was refused (the member had left): the
+            # room is its host's again, who is told
+            member = room.members.get(user)
+            if member is None or room.host is not None or room.host_name != user:
+                return []
+            member.is_host = True
+            room.host = member
+            room.replica = False
+            return governing.error(member, "no_such_user")
         if word == "private":
             target = room.members.get(user)
             if target is None or target.route is None:

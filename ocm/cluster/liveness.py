@@ -273,6 +273,27 @@ class Liveness:
             **governing.state_fields(room),
         }
 
+    def _governed_state(self, room: Room, fields: dict[str, str]) -> Sends:
+        """
+        The registry's hash of C{room}, read by a rebuild: a change made
+        while this node was away (its RULE record went to the nodes
+        registered then) is taken here.  A replica takes the governed
+        state; any node takes the host the registry names (a handover
+        whose record it missed): the C{host} notice tells its members.
+        """
+        sends: Sends = []
+        if room.replica:
+            governing.load_fields(room, fields)
+            self.fields.remember(room.id, fields)
+        host, node = fields.get("host", ""), fields.get("node", "")
+        if host and node:
+            local = room.members.get(host) if node == self.node.name else None
+            if (node == self.node.name) == (local is not None) and (room.host is not local or room.host_name != host):
+                log.info("rebuilding room {room}: the registry names {user} as its host", room=room.name, user=host)
+                sends.extend(governing.new_host(room, host, local))
+                self.fields.update(room.id, {"host": host, "node": node})
+        return sends
+
     def _rebuild_room(self, room: Room, settled: bool = False) -> defer.Deferred[Any]:
         """
         Put C{room} back (REBUILD).  If C{settled} (the registry has not
@@ -285,7 +306,7 @@ class Liveness:
         history = [] if room.replica else list(room.history)  # the host's node puts back what Redis lost
         args: list[Any] = [room.name, room.id, "0" if room.replica else "1", len(fields), *flat(fields), len(history), *history]
         for member in room.members.values():
-            args += [member.name, "1" if member.route is not None else "0"]
+            args += [member.name, "1" if member.route is not None else "0", member.ip]
 
         def rebuilt(result: Any) -> None:
             if not room.open:
@@ -299,14 +320,9 @@ class Liveness:
                 return
             self._missing_since.pop(room.id, None)
             members, bound, refused = pairs(result[0]), pairs(result[1]), list(result[2])
-            if room.replica and len(result) > 3:
-                # the governed state as the host's node has put it back, with
-                # any change made while this node was away (its RULE record
-                # went to the nodes registered then)
-                fields = dict(pairs(result[3]))
-                governing.load_fields(room, fields)
-                self.fields.remember(room.id, fields)
             sends: Sends = []
+            if len(result) > 3:
+                sends.extend(self._governed_state(room, dict(pairs(result[3]))))
             for user in refused:
                 # another node holds the name now, or the room is full: it is out
                 member = room.members.get(user)

@@ -103,10 +103,13 @@ class Outbound(Peers):
         self.links.script(scripts.UNWHERE, room.name)
 
     def governed(self, room: Room, change: dict[str, str], fields: dict[str, str]) -> None:
-        """See L{Peers.governed}: the GOVERN script keeps C{fields} and tells the other nodes."""
-        govern(self.links, self.fields, room, change, fields)
+        """
+        See L{Peers.governed}: the GOVERN script keeps C{fields} and tells
+        the other nodes, if the registry still names this node's host.
+        """
+        govern(self.links, self.fields, room, change, fields, commander=room.host_name)
 
-    def handed(self, room: Room, user: str) -> None:
+    def handed(self, room: Room, user: str, by: str) -> None:
         """
         See L{Peers.handed}.  The registry's C{host} and C{node} name the
         new host and its node: the room lives as long as that node has it.
@@ -115,10 +118,11 @@ class Outbound(Peers):
         """
         node = room.remote.get(user)
         fields = {"host": user, "node": node or self.node.name}
+        change = {"word": "host", "user": user}
         if node is None:
-            govern(self.links, self.fields, room, {"word": "host", "user": user}, fields)
+            govern(self.links, self.fields, room, change, fields, commander=by)
         else:
-            govern(self.links, self.fields, room, {"word": "host", "user": user}, fields, echo=True, member=(user, node))
+            govern(self.links, self.fields, room, change, fields, commander=by, echo=True, member=(user, node), refused={"word": "unhanded", "user": by})
 
     def private(self, room: Room, sender: str, target: str, text: str) -> None:
         """See L{Peers.private}: one record, to the target's node only."""
@@ -253,7 +257,7 @@ class Inbound:
                 else:
                     room = rooms.get(room_name.decode("utf-8"))
                     if room is not None and room.id == rid.decode("ascii"):
-                        self._apply(origin, kind, room, body)
+                        self._apply(origin, kind, room, body, fresh)
                     if kind == cw.MEMBER:  # applied, or nothing to apply: either way the join is known here
                         self.links.tell(origin, cw.record(cw.ACK, room_name, rid, body))
                     elif kind == cw.ACK:
@@ -292,7 +296,7 @@ class Inbound:
                 sends.extend(self.rooms.remote_left(room, user, NODE_GONE))
         self.writer.send_all(sends)
 
-    def _apply(self, origin: str, kind: int, room: Room, body: bytes) -> None:
+    def _apply(self, origin: str, kind: int, room: Room, body: bytes, fresh: bool = True) -> None:
         writer = self.writer
         if kind == cw.CHAT:
             writer.deliver(room, body)
@@ -312,7 +316,7 @@ class Inbound:
         elif kind == cw.SYNC:
             self._synced(origin, room, body)
         elif kind == cw.RULE:
-            writer.send_all(self.rules.received(origin, room, body))
+            writer.send_all(self.rules.received(origin, room, body, fresh))
 
     def sync_remote(self, room: Room, members: list[tuple[str, str]], bound: list[tuple[str, str]]) -> Sends:
         """

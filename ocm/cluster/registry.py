@@ -123,7 +123,7 @@ class ClusterRegistry:
             self.fields.remember(room_id, fields)
             return host
 
-        return self._counted(self.links.run(scripts.CREATE, name, room_id, username, *flat(fields))).addCallbacks(created, self._registry_failed)
+        return self._counted(self.links.run(scripts.CREATE, name, room_id, username, normalise_ip(ip), *flat(fields))).addCallbacks(created, self._registry_failed)
 
     def _counted(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """A create or join in flight (see L{_rebuild})."""

@@ -16,6 +16,7 @@ there and never by a read-then-write from a node.  The keys (docs/cluster.rst):
                                   ban:name:<user>, ban:ip:<ip> (L{GOVERN})
     ocm:{<hex name>}:members hash username -> node (bound or not)
     ocm:{<hex name>}:bound  hash  username -> node (bound only)
+    ocm:{<hex name>}:ips    hash  username -> the IP its token was issued to (for a ban)
 
 Fencing: every script a registered node runs starts with the node's name,
 the epoch and the generation it registered under (L{CHECKED}); a script
@@ -84,12 +85,13 @@ local function reap(target, by, by_gen)
         elseif n ~= by then tell[n] = true end
       end
       if info[2] == target then
-        redis.call('DEL', room, members, bound, key(name, 'history'))
+        redis.call('DEL', room, members, bound, key(name, 'history'), key(name, 'ips'))
         redis.call('HDEL', 'ocm:rooms', name)
       else
         for _, user in ipairs(gone) do
           redis.call('HDEL', members, user)
           redis.call('HDEL', bound, user)
+          redis.call('HDEL', key(name, 'ips'), user)
         end
       end
       count = count + #gone
@@ -182,13 +184,14 @@ for _, name in ipairs(redis.call('SMEMBERS', where)) do
         elseif not seen[n] then seen[n] = true; nodes[#nodes + 1] = n end
       end
       if info[2] == me then
-        redis.call('DEL', room, members, bound, key(name, 'history'))
+        redis.call('DEL', room, members, bound, key(name, 'history'), key(name, 'ips'))
         redis.call('HDEL', 'ocm:rooms', name)
         out[#out + 1] = {name, info[1], 'closed', nodes, gone}
       else
         for _, user in ipairs(gone) do
           redis.call('HDEL', members, user)
           redis.call('HDEL', bound, user)
+          redis.call('HDEL', key(name, 'ips'), user)
         end
         out[#out + 1] = {name, info[1], 'left', nodes, gone}
       end
@@ -199,16 +202,18 @@ end
 return out
 """
 
-#: ARGV: (checked), name, id, host, then field, value pairs: the room's
-#: whole hash (docs/cluster.rst: id, host, node, capacity, password,
-#: history, and any field a rule adds) -> 1 created, 0 name taken.
+#: ARGV: (checked), name, id, host, the host's IP, then field, value
+#: pairs: the room's whole hash (docs/cluster.rst: id, host, node,
+#: capacity, password, history, and any field a rule adds) -> 1 created,
+#: 0 name taken.
 CREATE = CHECKED + """
 local room = key(ARGV[4], 'room')
 if redis.call('EXISTS', room) == 1 then return 0 end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', room, unpack(fields))
 redis.call('HSET', key(ARGV[4], 'members'), ARGV[6], me)
+redis.call('HSET', key(ARGV[4], 'ips'), ARGV[6], ARGV[7])
 redis.call('HSET', 'ocm:rooms', ARGV[4], ARGV[5])
 redis.call('SADD', 'ocm:where:' .. me, ARGV[4])
 return 1
@@ -248,6 +253,7 @@ local members = key(name, 'members')
 if redis.call('HEXISTS', members, user) == 1 then return {409} end
 if info[2] ~= '' and redis.call('HLEN', members) >= tonumber(info[2]) then return {503} end
 redis.call('HSET', members, user, me)
+redis.call('HSET', key(name, 'ips'), user, ip)
 redis.call('SADD', 'ocm:where:' .. me, name)
 local all = redis.call('HGETALL', members)
 local message = batch(me, ARGV[3], record(MEMBER, name, ARGV[5], user))
@@ -284,6 +290,7 @@ if info[1] ~= ARGV[5] then return 0 end
 if redis.call('HGET', members, user) ~= me then return 0 end
 redis.call('HDEL', members, user)
 redis.call('HDEL', key(name, 'bound'), user)
+redis.call('HDEL', key(name, 'ips'), user)
 if info[2] ~= user or info[3] ~= me then return 1 end
 local message = batch(me, ARGV[3], record(CLOSED, name, ARGV[5], 'host_left'))
 local told = {}
@@ -295,30 +302,46 @@ for _, n in ipairs(redis.call('HVALS', members)) do
     redis.call('PUBLISH', 'ocm:node:' .. n, message)
   end
 end
-redis.call('DEL', room, members, key(name, 'bound'), key(name, 'history'))
+redis.call('DEL', room, members, key(name, 'bound'), key(name, 'history'), key(name, 'ips'))
 redis.call('HDEL', 'ocm:rooms', name)
 return 2
 """
 
-#: ARGV: (checked), name, id, body, echo (1/0), user, node, then field,
-#: value pairs (a value of '' deletes the field) -> 1 if done, 0 if not (the
-#: room is another one now, or USER is no longer a member on NODE, when
-#: USER is given).  A change SPEC section 7 makes to a room
-#: (L{ocm.cluster.governing}): its fields are set in the room's hash, and
-#: a RULE record with BODY is published to every other node with members
-#: in the room (and to this one too if ECHO: a change this node applies
-#: only once Redis has ordered it, a host handed to another node's member).
-#: A join is decided before or after, never between: a joining node reads
-#: the fields in JOIN's answer, or gets the record.
+#: ARGV: (checked), name, id, body, echo (1/0), user, node, commander,
+#: refused body, banned user, then field, value pairs (a value of ''
+#: deletes the field) -> 0 if refused, else 1, or for a ban the banned
+#: member's IP ('' if unknown).  A change SPEC section 7 makes to a room
+#: (L{ocm.cluster.governing}), refused (changing nothing) if the room is
+#: another one now, if COMMANDER is given and the registry does not name
+#: it, of this node, as the host, or if USER is given and is no longer a
+#: member on NODE; a refusal publishes REFUSED BODY (if given) as a RULE
+#: record to this node.  Else the fields are set in the room's hash; a
+#: BANNED USER's IP (as its join recorded it) is banned in the same step;
+#: and a RULE record with BODY is published to every other node with
+#: members in the room (and to this one too if ECHO: a host handed to a
+#: member of another node, which this node applies only once Redis has
+#: ordered it).  A join is decided before or after, never between: a
+#: joining node reads the fields in JOIN's answer, or gets the record.
 GOVERN = CHECKED + """
 local RULE = 0x52
 local name, id = ARGV[4], ARGV[5]
 local room, members = key(name, 'room'), key(name, 'members')
-if redis.call('HGET', room, 'id') ~= id then return 0 end
-if ARGV[8] ~= '' and redis.call('HGET', members, ARGV[8]) ~= ARGV[9] then return 0 end
-for i = 10, #ARGV, 2 do
+local info = redis.call('HMGET', room, 'id', 'host', 'node')
+if info[1] ~= id then return 0 end
+local refused = (ARGV[10] ~= '' and (info[2] ~= ARGV[10] or info[3] ~= me))
+  or (ARGV[8] ~= '' and redis.call('HGET', members, ARGV[8]) ~= ARGV[9])
+if refused then
+  if ARGV[11] ~= '' then redis.call('PUBLISH', 'ocm:node:' .. me, batch(me, ARGV[3], record(RULE, name, id, ARGV[11]))) end
+  return 0
+end
+for i = 13, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', room, ARGV[i])
   else redis.call('HSET', room, ARGV[i], ARGV[i + 1]) end
+end
+local result = 1
+if ARGV[12] ~= '' then
+  result = redis.call('HGET', key(name, 'ips'), ARGV[12]) or ''
+  if result ~= '' then redis.call('HSET', room, 'ban:ip:' .. result, '1') end
 end
 local message = batch(me, ARGV[3], record(RULE, name, id, ARGV[6]))
 local told = {}
@@ -329,7 +352,7 @@ for _, n in ipairs(redis.call('HVALS', members)) do
     redis.call('PUBLISH', 'ocm:node:' .. n, message)
   end
 end
-return 1
+return result
 """
 
 #: ARGV: (checked), name, id -> the nodes that had members in it (to tell them).
@@ -340,7 +363,7 @@ local seen, nodes = {}, {}
 for _, n in ipairs(redis.call('HVALS', key(ARGV[4], 'members'))) do
   if not seen[n] then seen[n] = true; nodes[#nodes + 1] = n end
 end
-redis.call('DEL', room, key(ARGV[4], 'members'), key(ARGV[4], 'bound'), key(ARGV[4], 'history'))
+redis.call('DEL', room, key(ARGV[4], 'members'), key(ARGV[4], 'bound'), key(ARGV[4], 'history'), key(ARGV[4], 'ips'))
 redis.call('HDEL', 'ocm:rooms', ARGV[4])
 return nodes
 """
@@ -353,8 +376,8 @@ return 1
 
 #: ARGV: (checked), name, id, hosted (1/0), count of fields, the room's
 #: field, value pairs (its whole hash), count of history notices, the
-#: notices (oldest first), then user, bound (1/0) pairs of the node's
-#: members, the host first.  Puts the node's part of a room back
+#: notices (oldest first), then user, bound (1/0), IP triples of the
+#: node's members, the host first.  Puts the node's part of a room back
 #: (after Redis restarted, or lost an update of ours), checking each member
 #: as a join is checked: a username another node holds now, or one more
 #: member than the capacity, is refused (the node tells that member it is
@@ -386,8 +409,10 @@ elseif current ~= id then
 end
 local capacity = tonumber(redis.call('HGET', room, 'capacity') or '')
 local mine, order = {}, {}
-for i = first, #ARGV, 2 do
+local ips = {}
+for i = first, #ARGV, 3 do
   mine[ARGV[i]] = ARGV[i + 1]
+  ips[ARGV[i]] = ARGV[i + 2]
   order[#order + 1] = ARGV[i]
 end
 local all = redis.call('HGETALL', members)
@@ -395,6 +420,7 @@ for i = 1, #all, 2 do
   if all[i + 1] == me and not mine[all[i]] then
     redis.call('HDEL', members, all[i])
     redis.call('HDEL', bound, all[i])
+    redis.call('HDEL', key(name, 'ips'), all[i])
   end
 end
 local refused = {}
@@ -406,6 +432,7 @@ for _, user in ipairs(order) do
     refused[#refused + 1] = user
   else
     redis.call('HSET', members, user, me)
+    redis.call('HSET', key(name, 'ips'), user, ips[user])
     if mine[user] == '1' then redis.call('HSET', bound, user, me) end
   end
 end

@@ -105,7 +105,7 @@ class ClusterService(service.Service):
     def dropped_records(self) -> dict[str, int]:
         """Records from other nodes dropped, by why (for the metrics)."""
         inbound = self.inbound
-        return {"fenced": inbound.fenced_batches, "stale": inbound.stale_chat, "bad": inbound.rules.bad}
+        return {"fenced": inbound.fenced_batches, "stale": inbound.stale_chat + inbound.rules.stale, "bad": inbound.rules.bad}
 
     @property
     def outbox(self) -> Any:

@@ -178,12 +178,17 @@ def hand_over(rooms: Rooms, member: Member, argument: str, now: float) -> Sends:
     if target is None or target.route is None:
         if target is None and room.roster.get(argument) is not None:
             log.info("{user} hands room {room} to {target}, of another node", user=member.name, room=room.name, target=argument)
-            rooms.peers.handed(room, argument)
+            # no longer the host from now on: not two hosts while the
+            # cluster hands the room over (L{ocm.rooms.peers.Peers.handed})
+            member.is_host = False
+            room.host = None
+            room.replica = True
+            rooms.peers.handed(room, argument, member.name)
             return []
         return error(member, "no_such_user")
     log.info("{user} handed room {room} to {target}", user=member.name, room=room.name, target=target.name)
     sends = new_host(room, target.name, target)
-    rooms.peers.handed(room, target.name)
+    rooms.peers.handed(room, target.name, member.name)
     return sends
 
 

@@ -42,12 +42,14 @@ class Peers:
         member of another node is done there.
         """
 
-    def handed(self, room: Room, user: str) -> None:
+    def handed(self, room: Room, user: str, by: str) -> None:
         """
-        The host handed C{room} to C{user}: done here already if C{user} is
-        a member of this node; otherwise (a member of another node) nothing
-        has changed yet, and the cluster makes the change on every node,
-        this one too, in the order Redis gives it.
+        The host C{by} handed C{room} to C{user}: done here already if
+        C{user} is a member of this node.  Otherwise (a member of another
+        node) C{by} is no longer the host here, and the room has no host
+        here until the cluster makes the change on every node, this one
+        too, in the order Redis gives it (or, if C{user} is gone, gives the
+        room back to C{by}).
         """
 
     def private(self, room: Room, sender: str, target: str, text: str) -> None:

@@ -336,6 +336,20 @@ class InboundRules(unittest.TestCase):
         self.assertEqual(notices(self.writer.sent), [({"event": "locked"}, A)])
         self.assertEqual(self.inbound.rules.stale, 1)
 
+    def test_rules_before_the_join_answer(self) -> None:
+        """RULE records of a room not held yet, come after the join was asked and before its answer, apply once it is held; earlier ones do not."""
+        t_id = "7777777777777777"
+        self.inbound.received(self.batch("b", 1, self.rule(b"t", t_id, {"word": "topic", "topic": "stale", "user": "h"}, {"topic": "stale"})))
+        self.links.clock.advance(1)
+        asked = self.links.clock.seconds()
+        self.inbound.received(self.batch("b", 1, self.rule(b"t", t_id, {"word": "lock"}, {"locked": "1"})))
+        self.inbound.received(self.batch("b", 1, self.rule(b"t", "8888888888888888", {"word": "mute", "user": "x"}, {"muted": '["x"]'})))
+        self.links.clock.advance(0.1)
+        room = self.rooms.adopt("t", t_id, "h", None, None)
+        room.topic = "from the answer"
+        self.inbound.joined(room, asked)
+        self.assertEqual((room.topic, room.locked, room.muted), ("from the answer", True, set()))
+
     def test_own_batch_rules_and_closed_only(self) -> None:
         """A batch this node's own script published to it: RULE and CLOSED apply, nothing else."""
         sid = S_ID.encode()

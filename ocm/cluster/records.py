@@ -6,6 +6,8 @@ do here (L{Inbound}).
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -19,6 +21,10 @@ from ocm.rooms import MAX_HISTORY_BYTES, Member, Peers, Room, Rooms, Sends
 from twisted.logger import Logger
 
 log = Logger()
+
+#: How many RULE records of rooms not held are kept, and for how long (s).
+UNHELD_RULES = 64
+UNHELD_AGE = 5.0
 
 #: Why the members of a node that died or stopped leave the others' rooms.
 NODE_GONE = "unreachable"
@@ -228,6 +234,10 @@ class Inbound:
         self.joins = joins
         #: What SPEC section 7's records do here.
         self.rules = RuleRecords(node, rooms, links, fields)
+        #: RULE records for a room not held here, the last few seconds' (a
+        #: join's answer may come after the records published just after
+        #: it): (when, room id, origin, body), oldest first.
+        self.unheld: deque[tuple[float, str, str, bytes]] = deque(maxlen=UNHELD_RULES)
         self.clock = links.clock
         #: Chat older than this many milliseconds is not delivered.
         self.max_age_ms = int(node.heartbeat_ttl * 1000 / 2)
@@ -258,12 +268,28 @@ class Inbound:
                     room = rooms.get(room_name.decode("utf-8"))
                     if room is not None and room.id == rid.decode("ascii"):
                         self._apply(origin, kind, room, body, fresh)
+                    elif kind == cw.RULE:
+                        self.unheld.append((self.clock.seconds(), rid.decode("ascii"), origin, body))
                     if kind == cw.MEMBER:  # applied, or nothing to apply: either way the join is known here
                         self.links.tell(origin, cw.record(cw.ACK, room_name, rid, body))
                     elif kind == cw.ACK:
                         self.joins.acked(rid.decode("ascii"), body.decode("utf-8"), origin)
         except Exception:
             log.failure("a batch from another node failed")
+
+    def joined(self, room: Room, since: float) -> Sends:
+        """
+        This node now holds C{room}, just joined (its state read from the
+        join's answer): the RULE records of it that came before that
+        answer, since the join was asked (at C{since}) and within the last
+        L{UNHELD_AGE} seconds, apply now, in order.
+        """
+        sends: Sends = []
+        horizon = max(since, self.clock.seconds() - UNHELD_AGE)
+        for when, rid, origin, body in self.unheld:
+            if rid == room.id and when >= horizon:
+                sends.extend(self.rules.received(origin, room, body))
+        return sends
 
     def _own(self, records: object) -> None:
         """

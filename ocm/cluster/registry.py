@@ -183,8 +183,10 @@ class ClusterRegistry:
             room = self.rooms.adopt(info.name, info.id, fields.get("host", info.host), info.password, info.capacity, info.history)
             if held is not room:
                 # new here: the state SPEC section 7 keeps, as the registry
-                # has it now (later changes come as RULE records)
+                # has it now (later changes come as RULE records; those that
+                # came before this answer apply now)
                 governing.load_fields(room, fields)
+                self.writer.send_all(self.inbound.joined(room, asked))
             if fields:
                 self.fields.remember(room.id, fields)
             members = pairs(result[1])
@@ -208,6 +210,7 @@ class ClusterRegistry:
             others = {node for _, node in members if node != self.node.name}
             return self.inbound.joins.wait(room.id, username, others).addCallback(lambda _: member)
 
+        asked = self.clock.seconds()
         return self._counted(self.links.run(scripts.JOIN, info.name, info.id, username, normalise_ip(ip))).addCallbacks(joined, self._registry_failed)
 
     def set_fields(self, room: Room, fields: dict[str, str]) -> defer.Deferred[Any]:

@@ -8,8 +8,13 @@ pinned server of each.
     python bench/abtest.py --a /tmp/old --b . --runs 3 relay_bench
     python bench/abtest.py --a /tmp/old --b . --runs 2 --ocmload /tmp/ocmload find_max
 
+    python bench/abtest.py --a /tmp/old --b . --runs 5 port_bench
+
 Each tree is put first on C{PYTHONPATH}; the C fan-out module C{_ocm_fanout}
-is the one installed (its loop is the same in both).  The server and the
+is the tree's own where it was built in place (C{python setup.py build_ext
+--inplace}), else the one installed.  C{port_bench} runs this checkout's
+C{bench/port_bench.py} (public names only) against each tree: the relay
+behind its real port, the read and the checks included.  The server and the
 in-process benchmark are pinned to core 1, the generator to core 0.  Prints
 one line per run and the medians.
 """
@@ -66,6 +71,19 @@ def relay_bench(tree: str, extra: list[str]) -> float:
     return float(match.group(1))
 
 
+def port_bench(tree: str, extra: list[str]) -> float:
+    """One C{port_bench} run (this checkout's script) on C{tree}'s ocm: us of CPU per relayed datagram."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "port_bench.py")
+    out = subprocess.run(
+        pinned("1", [sys.executable, script, "--rooms", "50", "--members", "10", "--messages", "50000", *extra]),
+        env=env_for(tree), capture_output=True, text=True, timeout=600, check=True, cwd=os.path.abspath(tree),
+    ).stdout
+    match = re.search(r"([0-9.]+) us CPU per relayed", out)
+    if match is None:
+        raise SystemExit(f"port_bench said: {out!r}")
+    return float(match.group(1))
+
+
 def wait_for_port(port: int, deadline: float) -> None:
     """Until something accepts TCP on 127.0.0.1:C{port}."""
     while time.monotonic() < deadline:
@@ -110,7 +128,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ocmload", default="/tmp/ocmload")
     parser.add_argument("--port", type=int, default=19000)
-    parser.add_argument("what", choices=["relay_bench", "find_max"])
+    parser.add_argument("what", choices=["relay_bench", "port_bench", "find_max"])
     args = parser.parse_args()
     trees = {"A": args.a, "B": args.b}
     if args.what == "relay_bench":
@@ -121,6 +139,14 @@ def main() -> None:
                     got[key].append(relay_bench(tree, extra))
             a, b = statistics.median(got["A"]), statistics.median(got["B"])
             print(f"relay_bench {label}: A {got['A']} B {got['B']} us CPU/relayed; median B/A = {b / a:.3f}", flush=True)
+    elif args.what == "port_bench":
+        for label, extra in (("bursts of 64", ["--burst", "64"]), ("bursts of 4", ["--burst", "4"])):
+            got = {"A": [], "B": []}
+            for _ in range(args.runs):
+                for key, tree in trees.items():
+                    got[key].append(port_bench(tree, extra))
+            a, b = statistics.median(got["A"]), statistics.median(got["B"])
+            print(f"port_bench {label}: A {got['A']} B {got['B']} us CPU/relayed; median B/A = {b / a:.3f}", flush=True)
     else:
         results: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
         for _ in range(args.runs):

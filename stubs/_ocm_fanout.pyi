@@ -9,3 +9,9 @@ def recv_batch(fd: int, count: int, size: int) -> list[tuple[bytes, tuple[str, i
 
 # Only where the module was built with libcrypto (setup.py): secure mode's seal loop.
 def seal_fan_out(fd: int, data: bytes, members: list[Any], sender: Any) -> tuple[int, list[tuple[Any, BaseException]] | None]: ...
+
+# API 3: the relay's common case in C (ocm/relay/protocol.py, Relay.batch_reader).
+def use_types(member: type, room: type) -> None: ...
+def relay_batch(
+    fd: int, count: int, size: int, now: float, tokens: dict[bytes, Any], stats: Any, rooms: Any, handle: Any, on_failures: Any
+) -> int: ...

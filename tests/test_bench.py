@@ -37,6 +37,12 @@ class BenchSmokeTests(unittest.TestCase):
             self.assertRegex(out, r"[\d.]+ us CPU per relayed datagram")
             self.assertTrue(out.startswith("Python loop" if loop == "python" or not fanout.NATIVE else "C loop"), out)
 
+    def test_port_bench(self) -> None:
+        """The benchmark behind the real port relays every message to every other member."""
+        out = run("bench/port_bench.py", "--rooms", "2", "--members", "3", "--messages", "60", "--burst", "8")
+        self.assertIn("120 relayed", out)
+        self.assertRegex(out, r"[\d.]+ us CPU per relayed datagram")
+
     @skipIf(platform.python_implementation() != "CPython", "tracemalloc is CPython's")
     def test_memory(self) -> None:
         """The memory benchmark reports bytes per member."""

@@ -45,7 +45,12 @@ class FastPort(udp.Port):
     def doRead(self) -> None:
         """Read up to L{READ_BURST} datagrams and hand each to the protocol."""
         if recv_batch is not None:
-            self._read_batches(recv_batch)
+            batch_reader = getattr(self.protocol, "batch_reader", None)
+            reader = batch_reader() if batch_reader is not None else None
+            if reader is not None:
+                self._relay_batches(reader)
+            else:
+                self._read_batches(recv_batch)
             return
         recvfrom = self.socket.recvfrom
         size = self.maxPacketSize
@@ -85,6 +90,31 @@ class FastPort(udp.Port):
                 except Exception:
                     log.failure("datagram handler failed")
             if len(batch) < RECV_BATCH:
+                return  # drained: the reactor calls again when more arrive
+
+
+    def _relay_batches(self, read: Callable[[int, int, int], int]) -> None:
+        """
+        The same, through a protocol that takes whole batches
+        (L{ocm.relay.protocol.Relay.batch_reader}): one call reads and
+        handles L{RECV_BATCH} datagrams (C{recvmmsg}, and their common case
+        relayed in C).
+        """
+        fd = self.socket.fileno()
+        size = self.maxPacketSize
+        for _ in range(READ_BURST // RECV_BATCH):
+            try:
+                count = read(fd, RECV_BATCH, size)
+            except ConnectionRefusedError:
+                return  # an ICMP error for an earlier send
+            except OSError:
+                log.failure("reading from the UDP port failed")
+                return
+            except Exception:
+                # not from a handler (the relay logs those and goes on): the rest of this batch is lost
+                log.failure("datagram handler failed")
+                return
+            if count < RECV_BATCH:
                 return  # drained: the reactor calls again when more arrive
 
 

@@ -19,7 +19,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ocm import wire
-from ocm.relay.fanout import NATIVE, SEALING, FanOut, Failures, fan_out_of, sealed_fan_out_of
+from ocm.relay.fanout import NATIVE, SEALING, FanOut, Failures, fan_out_of, relay_batch, sealed_fan_out_of
 from ocm.relay.routes import Connection, SealedRoute, SealedUdpRoute, UdpRoute
 from ocm.relay.sending import enlarge_receive_buffer, is_overload, sendto_of
 from ocm.relay.tunnel import Tunnel
@@ -78,6 +78,8 @@ class Relay(DatagramProtocol):
         self.clock = clock
         self._sendto: Any = None
         self._fan: FanOut | None = None
+        #: The C loop on the port's socket, when whole batches can be relayed in C (L{batch_reader}).
+        self._batch_fan: FanOut | None = None
         #: Members that chat (or are about to) through a connection, and
         #: that connection: closed when the member goes.
         self.connections: dict[Member, Connection] = {}
@@ -89,6 +91,8 @@ class Relay(DatagramProtocol):
         """Pick the send paths once the port exists; enlarge its receive buffer."""
         self._sendto = sendto_of(self.transport)
         self._fan = self._fan_out_for(self.transport)
+        if self._batches(self.transport):
+            self._batch_fan = self._fan
         enlarge_receive_buffer(self.transport)
         if getattr(self.transport, "socket", None) is not None:
             log.info("relay fan-out: the {loop} loop", loop=self._loop_name())
@@ -96,6 +100,11 @@ class Relay(DatagramProtocol):
     def _fan_out_for(self, transport: Any) -> FanOut:
         """The C loop on a real socket when it was built, else the Python loop."""
         return fan_out_of(transport, self._sendto, UdpRoute)
+
+    def _batches(self, transport: Any) -> bool:
+        """Whether batches read from C{transport} can be relayed in C: a real socket, the C extension."""
+        sock = getattr(transport, "socket", None)
+        return relay_batch is not None and sock is not None and hasattr(sock, "fileno")
 
     def _loop_name(self) -> str:
         return "C" if NATIVE else "Python (the C loop was not built)"
@@ -264,6 +273,40 @@ class Relay(DatagramProtocol):
         member.source = addr
         self.send_all(self.rooms.bind(member, self._udp_route(member, addr), self.clock.seconds()))
 
+    def batch_reader(self) -> Callable[[int, int, int], int] | None:
+        """
+        How the port (L{ocm.relay.port.FastPort}) hands this relay whole
+        C{recvmmsg} batches: C{read(fd, count, size) -> datagrams read}.
+        The C extension relays a bound UDP member's chat that every rule
+        lets through unchanged (the steps of L{_check}, L{_accepted} and
+        L{_fan_out}), and hands every other datagram to L{datagramReceived}
+        in its turn.  None where that does not apply (no C extension, a
+        fake transport, secure mode, a fan-out other than the C loop).
+        """
+        if self._batch_fan is None or self._fan is not self._batch_fan:
+            return None
+        return self._read_batch
+
+    def _read_batch(self, fd: int, count: int, size: int) -> int:
+        rooms = self.rooms
+        return relay_batch(  # type: ignore[misc]
+            fd, count, size, self.clock.seconds(), rooms.tokens, self.stats, rooms, self._handle, self._failed_in_batch
+        )
+
+    def _handle(self, data: bytes, addr: Address) -> None:
+        """One datagram of a batch that the C path left to Python; a failure is logged, the batch goes on."""
+        try:
+            self.datagramReceived(data, addr)
+        except Exception:
+            log.failure("datagram handler failed")
+
+    def _failed_in_batch(self, failed: Failures) -> None:
+        """L{_delivery_failed}, for the C path; a failure is logged, the batch goes on."""
+        try:
+            self._delivery_failed(failed)
+        except Exception:
+            log.failure("datagram handler failed")
+
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         """Check one UDP datagram (SPEC section 2) and act on it."""
         self.stats.received += 1
@@ -415,6 +458,10 @@ class SecureRelay(Relay):
     def _fan_out_for(self, transport: Any) -> FanOut:
         """Each datagram sealed for its recipient: by the C seal loop where it was built, else by its route."""
         return sealed_fan_out_of(transport)
+
+    def _batches(self, transport: Any) -> bool:
+        """Never: every datagram is opened and sealed (the C relay path is the plain relay's)."""
+        return False
 
     def _loop_name(self) -> str:
         if SEALING:

@@ -47,6 +47,18 @@ end
 local function record(kind, room, id, body)
   return string.char(kind, #room) .. room .. id .. struct.pack('>I2', #body) .. body
 end
+-- publish message once to each node of a room's members hash (name -> node),
+-- this node (me) included only if with_me
+local function tell_members(members, me, with_me, message)
+  local told = {}
+  if not with_me then told[me] = true end
+  for _, n in ipairs(redis.call('HVALS', members)) do
+    if not told[n] then
+      told[n] = true
+      redis.call('PUBLISH', 'ocm:node:' .. n, message)
+    end
+  end
+end
 """
 
 #: The check every script of a registered node starts with: ARGV[1..3] are
@@ -255,17 +267,8 @@ if info[2] ~= '' and redis.call('HLEN', members) >= tonumber(info[2]) then retur
 redis.call('HSET', members, user, me)
 redis.call('HSET', key(name, 'ips'), user, ip)
 redis.call('SADD', 'ocm:where:' .. me, name)
-local all = redis.call('HGETALL', members)
-local message = batch(me, ARGV[3], record(MEMBER, name, ARGV[5], user))
-local told = {[me] = true}
-for i = 2, #all, 2 do
-  local n = all[i]
-  if not told[n] then
-    told[n] = true
-    redis.call('PUBLISH', 'ocm:node:' .. n, message)
-  end
-end
-return {200, all, redis.call('HGETALL', key(name, 'bound')), redis.call('LRANGE', key(name, 'history'), 0, -1), redis.call('HGETALL', room)}
+tell_members(members, me, false, batch(me, ARGV[3], record(MEMBER, name, ARGV[5], user)))
+return {200, redis.call('HGETALL', members), redis.call('HGETALL', key(name, 'bound')), redis.call('LRANGE', key(name, 'history'), 0, -1), redis.call('HGETALL', room)}
 """
 
 #: ARGV: (checked), name, id, user -> 1 if recorded as bound.
@@ -293,15 +296,8 @@ redis.call('HDEL', key(name, 'bound'), user)
 redis.call('HDEL', key(name, 'ips'), user)
 if info[2] ~= user or info[3] ~= me then return 1 end
 local message = batch(me, ARGV[3], record(CLOSED, name, ARGV[5], 'host_left'))
-local told = {}
-redis.call('PUBLISH', 'ocm:node:' .. me, message)
-told[me] = true
-for _, n in ipairs(redis.call('HVALS', members)) do
-  if not told[n] then
-    told[n] = true
-    redis.call('PUBLISH', 'ocm:node:' .. n, message)
-  end
-end
+redis.call('PUBLISH', 'ocm:node:' .. me, message)  -- this node too: it may hold the room still
+tell_members(members, me, false, message)
 redis.call('DEL', room, members, key(name, 'bound'), key(name, 'history'), key(name, 'ips'))
 redis.call('HDEL', 'ocm:rooms', name)
 return 2
@@ -343,15 +339,7 @@ if ARGV[12] ~= '' then
   result = redis.call('HGET', key(name, 'ips'), ARGV[12]) or ''
   if result ~= '' then redis.call('HSET', room, 'ban:ip:' .. result, '1') end
 end
-local message = batch(me, ARGV[3], record(RULE, name, id, ARGV[6]))
-local told = {}
-if ARGV[7] ~= '1' then told[me] = true end
-for _, n in ipairs(redis.call('HVALS', members)) do
-  if not told[n] then
-    told[n] = true
-    redis.call('PUBLISH', 'ocm:node:' .. n, message)
-  end
-end
+tell_members(members, me, ARGV[7] == '1', batch(me, ARGV[3], record(RULE, name, id, ARGV[6])))
 return result
 """
 

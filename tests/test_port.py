@@ -99,6 +99,29 @@ class ReadLoopMixin:
         port.doRead()
         self.assertEqual([data for data, _ in proto.got], [b"%d" % i for i in range(150)])  # type: ignore[attr-defined]
 
+    def test_reads_until_drained(self) -> None:
+        """
+        What arrives while a wake-up works is read in the same wake-up
+        (a busy relay returns to the reactor only when its port is drained,
+        or after READ_BURST datagrams).
+        """
+        proto = Recorder()
+        port = self.listen(proto)
+        s = self.client()
+        server = ("127.0.0.1", port.getHost().port)
+        handle = proto.datagramReceived
+
+        def more(data: bytes, addr: Any) -> None:
+            handle(data, addr)
+            if data == b"first":
+                for i in range(3):
+                    s.sendto(b"%d" % i, server)
+
+        proto.datagramReceived = more  # type: ignore[method-assign]
+        s.sendto(b"first", server)
+        port.doRead()
+        self.assertEqual([data for data, _ in proto.got], [b"first", b"0", b"1", b"2"])  # type: ignore[attr-defined]
+
     def test_oversize_in_a_batch(self) -> None:
         """
         Datagrams over 4096 bytes, up to larger than the port listens for
@@ -274,6 +297,21 @@ class RelayPathMixin:
         self.assertEqual((stats.received - received, stats.relayed - relayed), (3, 4))
         self.assertEqual(sum(stats.dropped.values()), 0)
         self.assertEqual(len(self.handled), 0 if self.path == "c" else 3)
+
+    def test_reads_until_drained(self) -> None:
+        """Chat that arrives while Python handles a datagram of the batch is relayed in the same wake-up."""
+        self.serve()
+        spy = self.relay.datagramReceived
+
+        def more(data: bytes, addr: Any) -> None:
+            spy(data, addr)
+            if data.endswith(wire.HELLO):
+                self.send("b", b"meanwhile")
+
+        self.relay.datagramReceived = more  # type: ignore[method-assign]
+        self.send("a", wire.HELLO)
+        self.read()
+        self.assertEqual(self.received("c"), [wire.encode_relayed(b"b", b"meanwhile")])
 
     def test_activity(self) -> None:
         """Chat and keepalives refresh the sender's last-seen time and clear its failures."""

@@ -12,6 +12,15 @@ L{RECV_BATCH} datagrams (Python's socket has no C{recvmmsg}): measured
 draining 2,000 waiting datagrams, 1.3-1.5 us a datagram against 2.0-2.6 us
 with C{recvfrom}, and no C{BlockingIOError} raised to learn that the socket
 is drained.
+
+Every loop reads until the port is drained (a read that finds nothing), as
+C{bench/crelay.c} does, not until a short batch: what arrives while a batch
+is relayed is read in the same wake-up, and each wake-up the reactor spares
+is 10-15 us of Python (C{epoll}, C{callWithLogger}, C{doRead}).  Measured
+with C{ocmload --rate 3} (15,000 datagrams in a second, 500 rooms x 10),
+four interleaved pairs: 2,800-3,900 wake-ups a second before, 180-830 after
+(C{perf stat}), and 6.60/6.92, 5.75/6.24, 5.79/5.81, 5.30/6.40 us of server
+CPU per delivered datagram, after/before.
 """
 
 from __future__ import annotations
@@ -89,7 +98,7 @@ class FastPort(udp.Port):
                     handle(data, addr)
                 except Exception:
                     log.failure("datagram handler failed")
-            if len(batch) < RECV_BATCH:
+            if not batch:
                 return  # drained: the reactor calls again when more arrive
 
 
@@ -114,7 +123,7 @@ class FastPort(udp.Port):
                 # not from a handler (the relay logs those and goes on): the rest of this batch is lost
                 log.failure("datagram handler failed")
                 return
-            if count < RECV_BATCH:
+            if count == 0:
                 return  # drained: the reactor calls again when more arrive
 
 

@@ -1,4 +1,5 @@
 # Type stub for the optional C extension _ocm_fanout (built from ocm/relay/_fanout.c).
+from collections.abc import Callable
 from typing import Any
 
 API: int
@@ -13,5 +14,14 @@ def seal_fan_out(fd: int, data: bytes, members: list[Any], sender: Any) -> tuple
 # API 3: the relay's common case in C (ocm/relay/protocol.py, Relay.batch_reader).
 def use_types(member: type, room: type) -> None: ...
 def relay_batch(
-    fd: int, count: int, size: int, now: float, tokens: dict[bytes, Any], stats: Any, rooms: Any, handle: Any, on_failures: Any
+    fd: int,
+    count: int,
+    size: int,
+    budget: int,
+    seconds: Callable[[], float],
+    tokens: dict[bytes, Any],
+    stats: Any,
+    rooms: Any,
+    handle: Any,
+    on_failures: Any,
 ) -> int: ...

@@ -196,6 +196,31 @@ class RecvBatchTests(unittest.TestCase):
         self.assertRaises(OSError, recv, fd, 1, 100)
 
 
+class RelayBatchArgumentTests(unittest.TestCase):
+    """C{relay_batch}'s arguments, checked before anything is read."""
+
+    skip = NEEDS_C
+
+    def test_bad_arguments(self) -> None:
+        """A count, size or budget out of range, a clock that cannot be called: exceptions, nothing read."""
+        rooms = Rooms(timeout=30)
+        relay = Relay(rooms, Clock())
+        read = fanout.relay_batch
+        assert read is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r:
+            r.bind(("127.0.0.1", 0))
+            r.sendto(b"waiting", r.getsockname())
+
+            def call(count: int, size: int, budget: int, seconds: Any) -> Any:
+                return read(r.fileno(), count, size, budget, seconds, rooms.tokens, rooms.stats, rooms, relay.datagramReceived, list)
+
+            for count, size, budget in ((0, 100, 1), (257, 100, 1), (1, 0, 1), (1, 100, 0)):
+                self.assertRaises(ValueError, call, count, size, budget, Clock().seconds)
+            self.assertRaises(TypeError, call, 1, 100, 1, 12.5)
+            self.assertEqual(call(4, 100, 4, Clock().seconds), 1)  # still there: read now (and dropped as malformed)
+            self.assertEqual(rooms.stats.dropped["malformed"], 1)
+
+
 class Sharing(Peers):
     """Peers of a cluster node: records the chat published to them."""
 
@@ -312,6 +337,34 @@ class RelayPathMixin:
         self.send("a", wire.HELLO)
         self.read()
         self.assertEqual(self.received("c"), [wire.encode_relayed(b"b", b"meanwhile")])
+
+    def test_time_of_each_read(self) -> None:
+        """Chat read after the clock moved, in the same wake-up, is seen at the new time."""
+        self.serve()
+        spy = self.relay.datagramReceived
+
+        def later(data: bytes, addr: Any) -> None:
+            spy(data, addr)
+            if data.endswith(wire.HELLO):
+                self.clock.advance(7)
+                self.send("b", b"later")
+
+        self.relay.datagramReceived = later  # type: ignore[method-assign]
+        self.send("a", wire.HELLO)
+        self.read()
+        self.assertEqual((self.members["a"].last_seen, self.members["b"].last_seen), (1000, 1007))
+
+    def test_burst_is_bounded(self) -> None:
+        """One wake-up reads at most READ_BURST datagrams, however many wait; the rest, at the next."""
+        self.patch(udpport, "READ_BURST", 4)  # type: ignore[attr-defined]
+        self.patch(udpport, "RECV_BATCH", 3)  # type: ignore[attr-defined]
+        self.serve()
+        for i in range(6):
+            self.send("a", b"%d" % i)
+        self.read()
+        self.assertEqual(self.received("b"), [wire.encode_relayed(b"a", b"%d" % i) for i in range(4)])
+        self.read()
+        self.assertEqual(self.received("b"), [wire.encode_relayed(b"a", b"%d" % i) for i in range(4, 6)])
 
     def test_activity(self) -> None:
         """Chat and keepalives refresh the sender's last-seen time and clear its failures."""

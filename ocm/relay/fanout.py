@@ -32,7 +32,7 @@ except ImportError:  # no compiler at install time: the Python loop
     _ocm_fanout = None  # type: ignore[assignment]
 
 #: The version of the C module's interface this code speaks (C{API} in C{_fanout.c}).
-API = 3
+API = 4
 if getattr(_ocm_fanout, "API", 1) != API:  # built from older source (not rebuilt since): not used
     _ocm_fanout = None  # type: ignore[assignment]
 
@@ -53,11 +53,13 @@ SEALING = hasattr(_ocm_fanout, "seal_fan_out")
 #: C{count} datagrams in one C{recvmmsg} call; None without the C extension.
 recv_batch = None if _ocm_fanout is None else _ocm_fanout.recv_batch
 
-#: C{relay_batch(fd, count, size, now, tokens, stats, rooms, handle,
-#: on_failures) -> read}: a C{recvmmsg} batch read, and its common case (a
-#: bound UDP member's chat that every rule lets through unchanged) relayed in
-#: C, each other datagram handed to C{handle} in its turn
-#: (L{ocm.relay.protocol.Relay.batch_reader}); None without the C extension.
+#: C{relay_batch(fd, count, size, budget, seconds, tokens, stats, rooms,
+#: handle, on_failures) -> read}: C{recvmmsg} batches of C{count} read until
+#: the socket is drained or C{budget} datagrams are read, and their common
+#: case (a bound UDP member's chat that every rule lets through unchanged)
+#: relayed in C at the time C{seconds()} gives, each other datagram handed to
+#: C{handle} in its turn (L{ocm.relay.protocol.Relay.batch_reader}); None
+#: without the C extension.
 relay_batch = None if _ocm_fanout is None else _ocm_fanout.relay_batch
 
 #: Failed sends: each member with the exception its send raised.

@@ -85,46 +85,42 @@ class FastPort(udp.Port):
         fd = self.socket.fileno()
         size = self.maxPacketSize
         handle = self.protocol.datagramReceived
-        for _ in range(READ_BURST // RECV_BATCH):
+        left = READ_BURST
+        while left > 0:
             try:
-                batch = recv(fd, RECV_BATCH, size)
+                batch = recv(fd, min(RECV_BATCH, left), size)
             except ConnectionRefusedError:
                 return  # an ICMP error for an earlier send
             except OSError:
                 log.failure("reading from the UDP port failed")
                 return
+            if not batch:
+                return  # drained: the reactor calls again when more arrive
+            left -= len(batch)
             for data, addr in batch:
                 try:
                     handle(data, addr)
                 except Exception:
                     log.failure("datagram handler failed")
-            if not batch:
-                return  # drained: the reactor calls again when more arrive
 
 
-    def _relay_batches(self, read: Callable[[int, int, int], int]) -> None:
+    def _relay_batches(self, read: Callable[[int, int, int, int], int]) -> None:
         """
         The same, through a protocol that takes whole batches
-        (L{ocm.relay.protocol.Relay.batch_reader}): one call reads and
-        handles L{RECV_BATCH} datagrams (C{recvmmsg}, and their common case
-        relayed in C).
+        (L{ocm.relay.protocol.Relay.batch_reader}): one call reads
+        L{RECV_BATCH} datagrams a C{recvmmsg} call, until the port is
+        drained or L{READ_BURST} are read, and handles them (their common
+        case relayed in C), without a return to Python between batches.
         """
-        fd = self.socket.fileno()
-        size = self.maxPacketSize
-        for _ in range(READ_BURST // RECV_BATCH):
-            try:
-                count = read(fd, RECV_BATCH, size)
-            except ConnectionRefusedError:
-                return  # an ICMP error for an earlier send
-            except OSError:
-                log.failure("reading from the UDP port failed")
-                return
-            except Exception:
-                # not from a handler (the relay logs those and goes on): the rest of this batch is lost
-                log.failure("datagram handler failed")
-                return
-            if count == 0:
-                return  # drained: the reactor calls again when more arrive
+        try:
+            read(self.socket.fileno(), RECV_BATCH, self.maxPacketSize, READ_BURST)
+        except ConnectionRefusedError:
+            return  # an ICMP error for an earlier send
+        except OSError:
+            log.failure("reading from the UDP port failed")
+        except Exception:
+            # not from a handler (the relay logs those and goes on): the rest of this batch is lost
+            log.failure("datagram handler failed")
 
 
 class FastUDPServer(internet.UDPServer):

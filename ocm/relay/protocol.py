@@ -273,24 +273,26 @@ class Relay(DatagramProtocol):
         member.source = addr
         self.send_all(self.rooms.bind(member, self._udp_route(member, addr), self.clock.seconds()))
 
-    def batch_reader(self) -> Callable[[int, int, int], int] | None:
+    def batch_reader(self) -> Callable[[int, int, int, int], int] | None:
         """
         How the port (L{ocm.relay.port.FastPort}) hands this relay whole
-        C{recvmmsg} batches: C{read(fd, count, size) -> datagrams read}.
-        The C extension relays a bound UDP member's chat that every rule
-        lets through unchanged (the steps of L{_check}, L{_accepted} and
-        L{_fan_out}), and hands every other datagram to L{datagramReceived}
-        in its turn.  None where that does not apply (no C extension, a
-        fake transport, secure mode, a fan-out other than the C loop).
+        C{recvmmsg} batches: C{read(fd, count, size, budget) -> datagrams
+        read}, C{count} a system call until the port is drained or
+        C{budget} are read.  The C extension relays a bound UDP member's
+        chat that every rule lets through unchanged (the steps of
+        L{_check}, L{_accepted} and L{_fan_out}), at the time of its batch,
+        and hands every other datagram to L{datagramReceived} in its turn.
+        None where that does not apply (no C extension, a fake transport,
+        secure mode, a fan-out other than the C loop).
         """
         if self._batch_fan is None or self._fan is not self._batch_fan:
             return None
         return self._read_batch
 
-    def _read_batch(self, fd: int, count: int, size: int) -> int:
+    def _read_batch(self, fd: int, count: int, size: int, budget: int) -> int:
         rooms = self.rooms
         return relay_batch(  # type: ignore[misc]
-            fd, count, size, self.clock.seconds(), rooms.tokens, self.stats, rooms, self._handle, self._failed_in_batch
+            fd, count, size, budget, self.clock.seconds, rooms.tokens, self.stats, rooms, self._handle, self._failed_in_batch
         )
 
     def _handle(self, data: bytes, addr: Address) -> None:

@@ -4,18 +4,21 @@ one Python generator, in one run:
 
     python bench/pyload.py                          # secure, then plain: 500 rooms x 10 x 2 msg/s, 20 s
     python bench/pyload.py --modes tunnel,plain     # a third of the members tunnelled, then all over UDP
+    python bench/pyload.py --modes web,plain        # a third of the members on WebSockets, then all over UDP
     python bench/pyload.py --rooms 50 --duration 5
 
 Modes: C{secure} joins every member over TLS (checking a certificate made
 for the run), seals every datagram with the member's key and opens every
 one it receives (L{ocm.sealing}, the same code as the client); C{tunnel}
 (a server with C{--tunnel}) sends and receives every third member's
-datagrams through its TCP tunnel (docs/reach.rst); C{plain} is the SPEC
-over UDP.  Each message carries its send time; every delivery is timed.
-A fresh server each run (C{twistd}, pinned to core 1); the generator pins
-itself to core 0.  Prints loss, latency, the server's CPU and the
-generator's own (if it nears 100%, the figures are the generator's limit,
-not the server's).
+datagrams through its TCP tunnel (docs/reach.rst); C{web} (a server with
+C{--web}) makes every third member a browser on its WebSocket gateway
+(SPEC section 8: the request and then the datagrams, one binary message
+each); C{plain} is the SPEC over UDP.  Each message carries its send
+time; every delivery is timed.  A fresh server each run (C{twistd}, pinned
+to core 1); the generator pins itself to core 0.  Prints loss, latency,
+the server's CPU and the generator's own (if it nears 100%, the figures
+are the generator's limit, not the server's).
 
 Needs C{twistd} with ocm installed (C{pip install .}).
 """
@@ -23,6 +26,8 @@ Needs C{twistd} with ocm installed (C{pip install .}).
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import random
@@ -85,12 +90,123 @@ def tcrp(port: int, operation: int, room: str, payload: dict[str, Any], context:
     return body, frames[1].payload
 
 
+class WebSocket:
+    """
+    A browser's WebSocket to the gateway's C{/ws} (RFC 6455, SPEC section 8)
+    on a plain socket: the upgrade with the page's own origin, then masked
+    frames sent blocking and whole messages received without waiting (the
+    server sends each unfragmented and unmasked); pings answered.
+    """
+
+    GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16))
+        host = f"127.0.0.1:{port}".encode()
+        self.sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+            b"Sec-WebSocket-Version: 13\r\nOrigin: http://%s\r\n\r\n" % (host, key, host)
+        )
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise SystemExit("the WebSocket upgrade was not answered")
+            self.buffer += chunk
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        accept = base64.b64encode(hashlib.sha1(key + self.GUID).digest())
+        if head.split(b" ", 2)[1] != b"101" or accept not in head:
+            raise SystemExit(f"WebSocket upgrade refused: {head.decode(errors='replace')}")
+
+    def request(self, operation: int, room: str, payload: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """One TCRP request as the first message; the state-1 JSON and the token (as L{tcrp})."""
+        self.send(wire.encode_frame(operation, wire.STATE_REQUEST, room.encode(), wire.encode_json(payload)))
+        body: dict[str, Any] | None = None
+        while True:
+            for message in self.messages():  # one TCRP frame each
+                frame = wire.decode_frames(message)[0][0]
+                if body is not None:
+                    self.sock.settimeout(None)  # blocking sends from now on
+                    return body, frame.payload
+                body = wire.decode_json(frame.payload)
+                if body["status"] != 200:
+                    raise SystemExit(f"TCRP {operation} {room} (WebSocket): {body}")
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise SystemExit(f"TCRP {operation} {room}: the WebSocket closed before the answer")
+            self.buffer += chunk
+
+    def send(self, payload: bytes, opcode: int = 0x2) -> None:
+        """One masked frame: a whole binary message unless told."""
+        size = len(payload)
+        if size < 126:
+            head = bytes([0x80 | opcode, 0x80 | size])
+        elif size < 1 << 16:
+            head = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+        else:
+            head = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+        mask = os.urandom(4)
+        masked = int.from_bytes(payload, "big") ^ int.from_bytes((mask * (size // 4 + 1))[:size], "big")
+        self.sock.sendall(head + mask + masked.to_bytes(size, "big"))
+
+    def receive(self) -> list[bytes]:
+        """Every whole binary message that arrived (without waiting)."""
+        out = []
+        while True:
+            try:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            self.buffer += data
+            out.extend(self.messages())
+        return out
+
+    def messages(self) -> list[bytes]:
+        """The whole binary messages at the head of the buffer (pings answered); a part of one is kept."""
+        out = []
+        buffer, at = self.buffer, 0
+        while len(buffer) - at >= 2:
+            first, size = buffer[at], buffer[at + 1] & 0x7F
+            start = at + 2 + {126: 2, 127: 8}.get(size, 0)
+            if len(buffer) < start:
+                break
+            if size >= 126:  # a 16-bit or 64-bit length
+                size = int.from_bytes(buffer[at + 2 : start], "big")
+            if len(buffer) < start + size:
+                break
+            payload, at = buffer[start : start + size], start + size
+            if first == 0x82:  # FIN | binary
+                out.append(payload)
+            elif first == 0x89:  # FIN | ping
+                self.send(payload, 0xA)
+            elif first == 0x88:  # FIN | close
+                raise SystemExit(f"the server closed a WebSocket: {payload!r}")
+            else:
+                raise SystemExit(f"unexpected WebSocket frame {first:#x}")
+        self.buffer = buffer[at:]
+        return out
+
+
 class Member:
     """One generated member: its socket, token and seal."""
 
-    __slots__ = ("index", "room", "name", "sock", "header", "channel", "welcomed", "tunnelled", "buffer")
+    __slots__ = ("index", "room", "name", "sock", "header", "channel", "welcomed", "tunnelled", "buffer", "web")
 
-    def __init__(self, index: int, room: str, name: str, token: bytes, key: bytes | None, udp_port: int, tunnel_port: int = 0) -> None:
+    def __init__(
+        self,
+        index: int,
+        room: str,
+        name: str,
+        token: bytes,
+        key: bytes | None,
+        udp_port: int,
+        tunnel_port: int = 0,
+        web: WebSocket | None = None,
+    ) -> None:
         self.index = index
         self.room = room
         self.name = name
@@ -98,7 +214,10 @@ class Member:
         self.channel = Channel(key, self.header, server_end=False) if key else None
         self.tunnelled = bool(tunnel_port)
         self.buffer = b""
-        if self.tunnelled:  # blocking sends, non-blocking reads (MSG_DONTWAIT)
+        self.web = web
+        if web is not None:  # its request made through the WebSocket (L{WebSocket.request})
+            self.sock = web.sock
+        elif self.tunnelled:  # blocking sends, non-blocking reads (MSG_DONTWAIT)
             self.sock = socket.create_connection(("127.0.0.1", tunnel_port), timeout=30)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sock.sendall(wire.encode_frame(wire.OP_TUNNEL, 0, room.encode(), wire.encode_json({"token": token.decode()})))
@@ -117,6 +236,9 @@ class Member:
 
     def send(self, message: bytes) -> None:
         data = self.header + (self.channel.seal(message) if self.channel else message)
+        if self.web is not None:
+            self.web.send(data)
+            return
         if self.tunnelled:
             self.sock.sendall(wire.tunnel_frame(data))
             return
@@ -126,7 +248,9 @@ class Member:
             pass
 
     def receive(self) -> list[bytes]:
-        """Every datagram waiting (UDP), or every whole one that arrived (tunnel)."""
+        """Every datagram waiting (UDP), or every whole one that arrived (tunnel, WebSocket)."""
+        if self.web is not None:
+            return self.web.receive()
         out = []
         flags = socket.MSG_DONTWAIT if self.tunnelled else 0
         while True:
@@ -153,12 +277,15 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     """One fresh server and one generated load."""
     directory = tempfile.mkdtemp(prefix="ocm-secure-bench-")
     tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    web = free_port(socket.SOCK_STREAM) if mode == "web" else 0
     argv = [shutil.which("twistd") or "twistd", "--pidfile=", "-n", "ocm", "--tcp", str(tcp), "--udp", str(udp), "--interface", "127.0.0.1",
             "--request-rate", "100000", "--request-burst", "100000", "--max-connections-per-ip", "100000"]
     context = None
     secure = mode == "secure"
     if mode == "tunnel":
         argv += ["--tunnel"]
+    if web:
+        argv += ["--web", str(web)]
     if secure:
         cert, key, ca = make_certificate(directory)
         argv += ["--tls-cert", cert, "--tls-key", key]
@@ -171,13 +298,14 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         deadline = time.monotonic() + 15
         while True:
             try:
-                socket.create_connection(("127.0.0.1", tcp), timeout=0.5).close()
+                for port in (tcp, web) if web else (tcp,):
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
                     raise SystemExit("the server did not start") from None
                 time.sleep(0.05)
-        return load(args, mode, tcp, context, server.pid)
+        return load(args, mode, tcp, context, server.pid, web)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -186,7 +314,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             server.kill()
 
 
-def load(args: argparse.Namespace, mode: str, tcp: int, context: ssl.SSLContext | None, pid: int) -> dict[str, Any]:  # noqa: C901
+def load(args: argparse.Namespace, mode: str, tcp: int, context: ssl.SSLContext | None, pid: int, web_port: int = 0) -> dict[str, Any]:  # noqa: C901
     """Set up every member, send for warm-up + window, drain, count."""
     secure = mode == "secure"
     started = time.monotonic()
@@ -195,11 +323,13 @@ def load(args: argparse.Namespace, mode: str, tcp: int, context: ssl.SSLContext 
     def setup(rm: tuple[int, int]) -> Member:
         r, m = rm
         room = f"room{r}"
-        body, token = tcrp(tcp, wire.OP_CREATE if m == 0 else wire.OP_JOIN, room, {"username": f"u{m}"}, context)
-        key = bytes.fromhex(body["key"]) if secure else None
+        operation, payload = wire.OP_CREATE if m == 0 else wire.OP_JOIN, {"username": f"u{m}"}
         index = r * args.members + m
+        web = WebSocket(web_port) if mode == "web" and index % 3 == 2 else None
+        body, token = web.request(operation, room, payload) if web else tcrp(tcp, operation, room, payload, context)
+        key = bytes.fromhex(body["key"]) if secure else None
         tunnel = tcp if mode == "tunnel" and index % 3 == 2 else 0
-        return Member(index, room, f"u{m}", token, key, int(body["udp_port"]), tunnel)
+        return Member(index, room, f"u{m}", token, key, int(body["udp_port"]), tunnel, web)
 
     with ThreadPoolExecutor(16) as pool:
         hosts = list(pool.map(setup, [n for n in names if n[1] == 0]))
@@ -291,6 +421,7 @@ def load(args: argparse.Namespace, mode: str, tcp: int, context: ssl.SSLContext 
     return {
         "mode": mode,
         "tunnelled": sum(1 for m in members if m.tunnelled),
+        "web": sum(1 for m in members if m.web is not None),
         "rooms": args.rooms,
         "members": args.members,
         "rate": args.rate,
@@ -319,7 +450,7 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=2.0)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--modes", default="secure,plain", help="comma-separated, run in this order: secure, tunnel, plain")
+    parser.add_argument("--modes", default="secure,plain", help="comma-separated, run in this order: secure, tunnel, web, plain")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         try:
@@ -328,7 +459,7 @@ def main() -> None:
             pass
     modes = args.modes.split(",")
     for mode in modes:
-        if mode not in ("secure", "tunnel", "plain"):
+        if mode not in ("secure", "tunnel", "web", "plain"):
             parser.error(f"unknown mode {mode!r}")
     for _ in range(args.runs):
         for mode in modes:

@@ -61,6 +61,28 @@ class Gateway(WebCase):
         await wait_until(lambda: udp.peer.chats() == [("ブラウザ", "hi from the web")], 5, "web -> UDP")
         self.assertEqual(self.service.relay.connection_counts(), {"web": 1})  # type: ignore[attr-defined]
 
+    async def test_message_sizes(self) -> None:
+        """
+        Datagrams to a web member across the 7-bit/16-bit length boundary
+        and up to the largest, each one binary message with its exact
+        bytes, written as plain frames (autobahn's sendMessage is not
+        needed for them).
+        """
+        browser, _ = await self.web_member(1, "r", "web")
+        udp = await self.member(2, "r", "udp")
+        await wait_until(lambda: browser.notices("join"), 5, "the join notice")
+        (route,) = self.service.relay.connections.values()  # type: ignore[attr-defined]
+        through_autobahn: list[bytes] = []
+        route.protocol.sendMessage = lambda data, isBinary: through_autobahn.append(data)
+        prefix = wire.sender_prefix(b"udp")
+        largest = len(prefix) + wire.max_text(b"r", b"t" * 32, b"udp")  # SPEC section 2
+        sizes = [125, 126, 127, 1000, largest]  # of the relayed datagram
+        for size in sizes:
+            udp.send(b"x" * (size - len(prefix)))
+        await wait_until(lambda: len(browser.chats()) == len(sizes), 5, "every size")
+        self.assertEqual([m for m in browser.messages if m.startswith(prefix)], [prefix + b"x" * (size - len(prefix)) for size in sizes])
+        self.assertEqual(through_autobahn, [])
+
     async def test_closing_the_websocket_leaves(self) -> None:
         """The WebSocket closing removes its member: the others get leave/left."""
         host = await self.member(1, "r", "host")

@@ -332,6 +332,22 @@ class ServerCase(unittest.TestCase):
 # frames out, frames in, and raw bytes for the tests of bad input.
 
 
+def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """One client frame (RFC 6455): masked with a random key, the shortest length form."""
+    import os
+
+    size = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if size < 126:
+        head += bytes([0x80 | size])
+    elif size < 1 << 16:
+        head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 class WebSocketClient(protocol.Protocol):
     """One WebSocket to the gateway: its handshake status, the messages it got, the close code."""
 
@@ -403,18 +419,7 @@ class WebSocketClient(protocol.Protocol):
 
     def frame(self, opcode: int, payload: bytes) -> None:
         """Send one masked frame."""
-        import os
-
-        size = len(payload)
-        head = bytes([0x80 | opcode])
-        if size < 126:
-            head += bytes([0x80 | size])
-        elif size < 1 << 16:
-            head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
-        else:
-            head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
-        mask = os.urandom(4)
-        self.transport.write(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))  # type: ignore[union-attr]
+        self.transport.write(masked_frame(opcode, payload))  # type: ignore[union-attr]
 
     def send(self, payload: bytes) -> None:
         """One binary message."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from ocm import wire
 from ocm.web.gateway import client_ip
-from tests.helpers import ServerCase, WebSocketClient, request_bytes, wait_until, websocket
+from tests.helpers import ServerCase, WebSocketClient, masked_frame, request_bytes, wait_until, websocket
 from tests.test_cluster import ClusterCase
 
 
@@ -82,6 +83,42 @@ class Gateway(WebCase):
         await wait_until(lambda: len(browser.chats()) == len(sizes), 5, "every size")
         self.assertEqual([m for m in browser.messages if m.startswith(prefix)], [prefix + b"x" * (size - len(prefix)) for size in sizes])
         self.assertEqual(through_autobahn, [])
+
+    async def test_datagrams_from_the_browser(self) -> None:
+        """
+        A browser's datagrams in every arrangement TCP may give them: many
+        frames in one read, 7-bit and 16-bit lengths, a frame cut across
+        reads, a ping, a fragmented message and an empty one between them:
+        every chat arrives, in order.
+        """
+        browser, token = await self.web_member(1, "r", "web")
+        udp = await self.member(2, "r", "udp")
+        await wait_until(lambda: browser.notices("join"), 5, "the join notice")
+
+        def chat(text: bytes) -> bytes:
+            return masked_frame(0x2, wire.encode_datagram(b"r", token, text))
+
+        texts = [b"one", b"x" * 200, b"three"]
+        browser.transport.write(b"".join(chat(t) for t in texts))  # type: ignore[union-attr]
+        await wait_until(lambda: len(udp.peer.chats()) == 3, 5, "three chats")
+        cut = chat(b"cut across reads")
+        ping = masked_frame(0x9, b"p")
+        datagram = wire.encode_datagram(b"r", token, b"in two fragments")
+        last = chat(b"last")
+        writes = [
+            chat(b"four") + cut[:3],
+            cut[3:] + ping + chat(b"after the ping"),
+            masked_frame(0x2, datagram[:5], fin=False) + masked_frame(0x0, datagram[5:]),
+            masked_frame(0x2, b"") + last[:-1],
+            last[-1:],
+        ]
+        for data in writes:  # each its own read, most likely
+            browser.transport.write(data)  # type: ignore[union-attr]
+            await task.deferLater(reactor, 0.02, lambda: None)
+        expected = [t.decode() for t in texts] + ["four", "cut across reads", "after the ping", "in two fragments", "last"]
+        await wait_until(lambda: len(udp.peer.chats()) == len(expected), 5, "every chat")
+        self.assertEqual([text for _, text in udp.peer.chats()], expected)
+        self.assertEqual(self.service.relay.connection_counts(), {"web": 1})  # type: ignore[attr-defined]
 
     async def test_closing_the_websocket_leaves(self) -> None:
         """The WebSocket closing removes its member: the others get leave/left."""

@@ -222,6 +222,23 @@ class ClusterGoverning(ClusterCase):
         body_, _ = await self.request("c", 1, "r", username="new")
         self.assertEqual(body_["status"], 200)
 
+    async def test_close_from_a_node_that_no_longer_hosts(self) -> None:
+        """
+        After the room was handed to a member of node b, node a's CLOSE
+        (a host there that did not yet know) changes nothing: the room is
+        b's to close.
+        """
+        host, bob, carol = await self.room("r", "abc")
+        room = self.nodes["a"].rooms.rooms["r"]
+        fields = {"host": "guest1", "node": "b"}
+        body = rule_body({"word": "host", "user": "guest1"}, fields)
+        done = await self.nodes["a"].cluster.links.run(scripts.GOVERN, "r", room.id, body, "1", "guest1", "b", "host", "", "", *flat(fields))
+        self.assertEqual(done, 1)
+        told = await self.nodes["a"].cluster.links.run(scripts.CLOSE, "r", room.id)
+        self.assertEqual(told, [])
+        self.assertEqual(self.redis.command("HMGET", scripts.room_key("r", "room"), "host", "node"), b"*2\r\n$6\r\nguest1\r\n$1\r\nb\r\n")
+        self.assertEqual(self.redis.command("HEXISTS", scripts.room_key("r", "members"), "guest2"), b":1\r\n")
+
     async def test_rebuild_reads_the_governed_state(self) -> None:
         """A replica's rebuild takes the governed state from the registry (a change whose record went to the nodes registered then)."""
         host, bob = await self.room("r", "ab")

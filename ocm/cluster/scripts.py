@@ -343,10 +343,13 @@ tell_members(members, me, ARGV[7] == '1', batch(me, ARGV[3], record(RULE, name, 
 return result
 """
 
-#: ARGV: (checked), name, id -> the nodes that had members in it (to tell them).
+#: ARGV: (checked), name, id -> the nodes that had members in it (to tell
+#: them); none, and nothing changed, when the room is another one now, or
+#: its host is another node's (it was handed over: that node closes it).
 CLOSE = CHECKED + """
 local room = key(ARGV[4], 'room')
 if redis.call('HGET', room, 'id') ~= ARGV[5] then return {} end
+if redis.call('HGET', room, 'node') ~= me then return {} end
 local seen, nodes = {}, {}
 for _, n in ipairs(redis.call('HVALS', key(ARGV[4], 'members'))) do
   if not seen[n] then seen[n] = true; nodes[#nodes + 1] = n end

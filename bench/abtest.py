@@ -25,13 +25,13 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+
+from procs import pinned, wait_for_port
 
 SERVE = """
 import sys
@@ -44,11 +44,6 @@ service.startService()
 reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 reactor.run()
 """
-
-
-def pinned(core: str, argv: list[str]) -> list[str]:
-    """C{argv} on C{core} when taskset exists."""
-    return ["taskset", "-c", core, *argv] if shutil.which("taskset") else argv
 
 
 def env_for(tree: str) -> dict[str, str]:
@@ -82,17 +77,6 @@ def port_bench(tree: str, extra: list[str]) -> float:
     if match is None:
         raise SystemExit(f"port_bench said: {out!r}")
     return float(match.group(1))
-
-
-def wait_for_port(port: int, deadline: float) -> None:
-    """Until something accepts TCP on 127.0.0.1:C{port}."""
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"server did not listen on {port}")
 
 
 def find_max(tree: str, ocmload: str, port: int, server_args: list[str]) -> dict[str, float]:

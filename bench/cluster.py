@@ -31,6 +31,8 @@ import tempfile
 import time
 from typing import Any
 
+from procs import free_port, pinned, wait_for_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OCMLOAD_C = os.path.join(HERE, "..", "..", "shared", "tools", "ocmload.c")
 
@@ -75,30 +77,6 @@ def build_ocmload(out: str) -> str:
     return out
 
 
-def free_port(kind: int) -> int:
-    """A port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pinned(core: str, argv: list[str]) -> list[str]:
-    """C{argv} run on C{core} when C{taskset} exists."""
-    return ["taskset", "-c", core, *argv] if shutil.which("taskset") else argv
-
-
-def wait_for_port(port: int, seconds: float = 15.0) -> None:
-    """Until 127.0.0.1:C{port} accepts (bounded)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
-
-
 def cpu_seconds(pid: int) -> float:
     """utime + stime of C{pid}, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -126,7 +104,7 @@ class Processes:
         if redis:
             argv += ["--redis", redis, "--node", name]
         self.start(name, argv)
-        wait_for_port(tcp)
+        wait_for_port(tcp, time.monotonic() + 15)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -149,7 +127,7 @@ def run(args: argparse.Namespace, nodes: int) -> dict[str, Any]:
             rport = free_port(socket.SOCK_STREAM)
             ps.start("redis", [shutil.which("redis-server") or "redis-server", "--port", str(rport), "--bind", "127.0.0.1",
                                "--save", "", "--appendonly", "no", "--dir", ps.dir])
-            wait_for_port(rport)
+            wait_for_port(rport, time.monotonic() + 15)
             redis = f"redis://127.0.0.1:{rport}/0"
         for i, (tcp, udp) in enumerate(ports):
             ps.node(f"n{i + 1}", tcp, udp, redis)

@@ -48,13 +48,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 from ocm import wire  # noqa: E402
 from ocm.sealing import Channel  # noqa: E402
-
-
-def free_port(kind: int) -> int:
-    """A port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from procs import free_port  # noqa: E402
 
 
 def make_certificate(directory: str) -> tuple[str, str, str]:

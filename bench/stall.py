@@ -23,30 +23,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
+from procs import pinned, wait_for_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def wait_for_port(port: int, deadline: float) -> None:
-    """Wait until something accepts TCP connections on 127.0.0.1:C{port}."""
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"server did not listen on {port}")
-
-
-def pinned(core: str, argv: list[str]) -> list[str]:
-    """C{argv} run on C{core} when C{taskset} exists."""
-    return ["taskset", "-c", core, *argv] if shutil.which("taskset") else argv
 
 
 def one_run(args: argparse.Namespace, joins: bool, port: int) -> dict[str, Any]:

@@ -40,33 +40,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
+from procs import pinned, wait_for_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def wait_for_port(port: int, deadline: float, proc: subprocess.Popen[Any]) -> None:
-    """Wait until something accepts TCP connections on 127.0.0.1:C{port}."""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode}) before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"server did not listen on {port}")
-
-
-def pinned(core: str, argv: list[str]) -> list[str]:
-    """C{argv} run on C{core} when C{taskset} exists."""
-    return ["taskset", "-c", core, *argv] if shutil.which("taskset") else argv
 
 
 def build_crelay(workdir: str) -> str:

@@ -25,13 +25,12 @@ import argparse
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
 import time
 
-from procs import pinned, wait_for_port
+from procs import pinned, stop, wait_for_port
 
 SERVE = """
 import sys
@@ -97,11 +96,7 @@ def find_max(tree: str, ocmload: str, port: int, server_args: list[str]) -> dict
         return {"relayed_s": float(best.get("delivered_out_s", 0.0)), "p99_ms": float(best.get("p99_ms", 0.0)),
                 "server_cpu_pct": float(best.get("server_cpu_pct", 0.0))}
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """
 What the benchmarks that start servers share: pinning a process to a
-core, picking a free port, and waiting (bounded) for a server to listen.
+core, picking a free port, waiting (bounded) for a server to listen, and
+stopping it.
 Imported by the scripts beside it (C{python bench/NAME.py} puts this
 directory on C{sys.path}).
 """
@@ -8,6 +9,7 @@ directory on C{sys.path}).
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -41,3 +43,13 @@ def wait_for_port(port: int, deadline: float, proc: subprocess.Popen[Any] | None
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listens on {port}")
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; reaped either way."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -33,7 +33,6 @@ import os
 import random
 import select
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -48,7 +47,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 from ocm import wire  # noqa: E402
 from ocm.sealing import Channel  # noqa: E402
-from procs import free_port  # noqa: E402
+from procs import free_port, stop  # noqa: E402
 
 
 def make_certificate(directory: str) -> tuple[str, str, str]:
@@ -301,11 +300,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
                 time.sleep(0.05)
         return load(args, mode, tcp, context, server.pid, web)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
 
 
 def load(args: argparse.Namespace, mode: str, tcp: int, context: ssl.SSLContext | None, pid: int, web_port: int = 0) -> dict[str, Any]:  # noqa: C901

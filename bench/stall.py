@@ -22,14 +22,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
-from procs import pinned, wait_for_port
+from procs import pinned, stop, wait_for_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -74,11 +73,7 @@ def one_run(args: argparse.Namespace, joins: bool, port: int) -> dict[str, Any]:
         if helper is not None:
             helper.join()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     result["joins"] = joined[0] if joined else None
     return result
 

@@ -46,7 +46,7 @@ import tempfile
 import time
 from typing import Any
 
-from procs import pinned, wait_for_port
+from procs import pinned, stop, wait_for_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -96,15 +96,6 @@ def loop_of(spec: str, log: str) -> str:
         pass
     return "?"
 
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM, then SIGKILL after 10 s."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def one_run(spec: str, scenario: str, args: argparse.Namespace, crelay: str, logdir: str, port: int) -> dict[str, Any]:

@@ -200,6 +200,15 @@ class ClusterGoverning(ClusterCase):
         self.assertEqual(self.redis.command("EXISTS", room_key), b":0\r\n")
 
 
+    async def hand_r_to_guest1(self) -> Any:
+        """Node a's GOVERN script, run directly: room r's host is guest1 of node b now. Node a's room r."""
+        room = self.nodes["a"].rooms.rooms["r"]
+        fields = {"host": "guest1", "node": "b"}
+        body = rule_body({"word": "host", "user": "guest1"}, fields)
+        done = await self.nodes["a"].cluster.links.run(scripts.GOVERN, "r", room.id, body, "1", "guest1", "b", "host", "", "", *flat(fields))
+        self.assertEqual(done, 1)
+        return room
+
     async def test_handed_to_a_member_leaving_meanwhile(self) -> None:
         """
         The registry hands the room to bob (govern) just before bob's node
@@ -208,11 +217,7 @@ class ClusterGoverning(ClusterCase):
         are run here directly, in that order, as the race would run them.)
         """
         host, bob, carol = await self.room("r", "abc")
-        room = self.nodes["a"].rooms.rooms["r"]
-        fields = {"host": "guest1", "node": "b"}
-        body = rule_body({"word": "host", "user": "guest1"}, fields)
-        done = await self.nodes["a"].cluster.links.run(scripts.GOVERN, "r", room.id, body, "1", "guest1", "b", "host", "", "", *flat(fields))
-        self.assertEqual(done, 1)
+        room = await self.hand_r_to_guest1()
         left = await self.nodes["b"].cluster.links.run(scripts.LEAVE, "r", room.id, "guest1")
         self.assertEqual(left, 2)
         for m in (host, bob, carol):
@@ -229,11 +234,7 @@ class ClusterGoverning(ClusterCase):
         b's to close.
         """
         host, bob, carol = await self.room("r", "abc")
-        room = self.nodes["a"].rooms.rooms["r"]
-        fields = {"host": "guest1", "node": "b"}
-        body = rule_body({"word": "host", "user": "guest1"}, fields)
-        done = await self.nodes["a"].cluster.links.run(scripts.GOVERN, "r", room.id, body, "1", "guest1", "b", "host", "", "", *flat(fields))
-        self.assertEqual(done, 1)
+        room = await self.hand_r_to_guest1()
         told = await self.nodes["a"].cluster.links.run(scripts.CLOSE, "r", room.id)
         self.assertEqual(told, [])
         self.assertEqual(self.redis.command("HMGET", scripts.room_key("r", "room"), "host", "node"), b"*2\r\n$6\r\nguest1\r\n$1\r\nb\r\n")

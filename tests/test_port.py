@@ -279,6 +279,17 @@ class RelayPathMixin:
 
         self.relay.datagramReceived = spy  # type: ignore[method-assign]
 
+    def after_hello(self, then: Any) -> None:
+        """C{then()} runs while Python handles a C{hello} (a datagram of the batch that the C path hands on)."""
+        handle = self.relay.datagramReceived
+
+        def hello_then(data: bytes, addr: Any) -> None:
+            handle(data, addr)
+            if data.endswith(wire.HELLO):
+                then()
+
+        self.relay.datagramReceived = hello_then  # type: ignore[method-assign]
+
     def socket(self) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
@@ -326,14 +337,7 @@ class RelayPathMixin:
     def test_reads_until_drained(self) -> None:
         """Chat that arrives while Python handles a datagram of the batch is relayed in the same wake-up."""
         self.serve()
-        spy = self.relay.datagramReceived
-
-        def more(data: bytes, addr: Any) -> None:
-            spy(data, addr)
-            if data.endswith(wire.HELLO):
-                self.send("b", b"meanwhile")
-
-        self.relay.datagramReceived = more  # type: ignore[method-assign]
+        self.after_hello(lambda: self.send("b", b"meanwhile"))
         self.send("a", wire.HELLO)
         self.read()
         self.assertEqual(self.received("c"), [wire.encode_relayed(b"b", b"meanwhile")])
@@ -341,15 +345,12 @@ class RelayPathMixin:
     def test_time_of_each_read(self) -> None:
         """Chat read after the clock moved, in the same wake-up, is seen at the new time."""
         self.serve()
-        spy = self.relay.datagramReceived
 
-        def later(data: bytes, addr: Any) -> None:
-            spy(data, addr)
-            if data.endswith(wire.HELLO):
-                self.clock.advance(7)
-                self.send("b", b"later")
+        def later() -> None:
+            self.clock.advance(7)
+            self.send("b", b"later")
 
-        self.relay.datagramReceived = later  # type: ignore[method-assign]
+        self.after_hello(later)
         self.send("a", wire.HELLO)
         self.read()
         self.assertEqual((self.members["a"].last_seen, self.members["b"].last_seen), (1000, 1007))
